@@ -1,0 +1,62 @@
+"""Measurement kinds: one module per kind, each with `async def measure(target, settings) -> Result`.
+
+Adding a kind means adding its module and one line in `_MODULES`. Measurement code does no I/O besides
+the measurement itself: no pushing, storing or logging of results. `run()` owns what is common to all
+kinds: an overall deadline, and turning any unexpected exception into a failed result, so that nothing a
+target does can stop the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from ..clock import monotonic, wall_ns
+from ..errors import MeasurementError
+from ..result import Result, Target, failure
+from ..settings import KindSettings
+
+__all__ = ["MeasureFn", "available_kinds", "measure_fn", "run"]
+
+MeasureFn = Callable[[Target, KindSettings], Awaitable[Result]]
+
+_MODULES = {
+    "icmp": "icmp",
+    "tcp": "tcp",
+    "dns": "dns",
+    "http": "http",
+}
+
+# Slack beyond a kind's own longest duration before run() gives up on it.
+_DEADLINE_GRACE_SECONDS = 2.0
+
+
+def available_kinds() -> tuple[str, ...]:
+    """The kinds this probe can measure."""
+    return tuple(_MODULES)
+
+
+def measure_fn(kind: str) -> MeasureFn:
+    """The entry point of `kind`; KeyError if no module serves it."""
+    module = importlib.import_module(f"{__name__}.{_MODULES[kind]}")
+    return cast(MeasureFn, module.measure)
+
+
+async def run(kind: str, target: Target, settings: KindSettings) -> Result:
+    """Measure once; always returns a result, a failed one with a reason if anything went wrong."""
+    start_ns, started = wall_ns(), monotonic()
+    try:
+        function = measure_fn(kind)
+        return await asyncio.wait_for(
+            function(target, settings), settings.max_duration() + _DEADLINE_GRACE_SECONDS
+        )
+    except MeasurementError as error:
+        return failure(kind, target, start_ns, monotonic() - started, error.reason, error.detail)
+    except (asyncio.TimeoutError, TimeoutError):
+        return failure(kind, target, start_ns, monotonic() - started, "timeout", "overall deadline passed")
+    except PermissionError as error:
+        return failure(kind, target, start_ns, monotonic() - started, "permission", str(error))
+    except Exception as error:  # noqa: BLE001 - a target must never stop the scheduler
+        return failure(kind, target, start_ns, monotonic() - started, "error", f"{type(error).__name__}: {error}")

@@ -1,0 +1,106 @@
+"""What a measurement produces: a typed, immutable result in base units (seconds, bytes, bit/s, ratios)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final
+
+import msgspec
+
+__all__ = [
+    "KINDS",
+    "REASONS",
+    "TARGET_CLASSES",
+    "Target",
+    "Result",
+    "failure",
+]
+
+#: The measurement kinds of the CLI contract (DESIGN.md); a module in probes/measure/ serves each built one.
+KINDS: Final = ("icmp", "tcp", "dns", "http", "download", "upload", "stamp")
+
+#: Target classes operators use; free-form classes are allowed if they match NAME_PATTERN.
+TARGET_CLASSES: Final = ("edge", "cloud_pool", "cdn", "dns", "national_hub", "regional_hub", "idc")
+
+#: Failure reasons a result may carry in `error`.
+REASONS: Final = (
+    "timeout",  # no answer within the test's timeout
+    "refused",  # TCP RST / ICMP port unreachable
+    "unreachable",  # host or network unreachable, no route
+    "permission",  # the probe lacks a privilege (raw sockets need root or CAP_NET_RAW)
+    "resolve",  # a name could not be resolved to an address
+    "nxdomain",  # DNS: the name does not exist
+    "servfail",  # DNS: the resolver failed
+    "dns_error",  # DNS: any other bad rcode or malformed answer
+    "tls_error",  # TLS handshake or certificate failure
+    "http_status",  # HTTP status other than the expected one
+    "protocol",  # the peer spoke something we could not parse
+    "loss",  # every packet of a train was lost
+    "error",  # anything else; `detail` says what
+)
+
+NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+FIGURE_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$"
+_figure_name = re.compile(FIGURE_PATTERN)
+
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+Text = Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What was measured: a name, an address (host, IP, host:port or URL) and a class such as `edge`."""
+
+    name: Name
+    address: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    target_class: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = msgspec.field(
+        default="edge", name="class"
+    )
+
+
+class Result(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One test of one kind against one target.
+
+    `figures` holds the numbers in base units under stable names (for example `rtt_median_seconds`,
+    `loss_ratio`, `packets_sent`); `info` holds text facts (rcode, resolved address, HTTP version);
+    `samples` holds the per-packet round-trip times in seconds, None for a packet lost.
+    `seq` is 0 until the spool numbers the result.
+    """
+
+    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    target: Target
+    start_ns: Annotated[int, msgspec.Meta(ge=0)]
+    duration_seconds: Annotated[float, msgspec.Meta(ge=0)]
+    success: bool
+    error: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] | None = None
+    detail: Text | None = None
+    figures: dict[Annotated[str, msgspec.Meta(pattern=FIGURE_PATTERN)], float] = {}
+    info: dict[Annotated[str, msgspec.Meta(pattern=FIGURE_PATTERN)], Text] = {}
+    samples: Annotated[list[float | None], msgspec.Meta(max_length=100_000)] = []
+    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+def failure(
+    kind: str,
+    target: Target,
+    start_ns: int,
+    duration_seconds: float,
+    reason: str,
+    detail: str = "",
+    figures: dict[str, float] | None = None,
+) -> Result:
+    """A result that says the test failed, and why (one of REASONS)."""
+    return Result(
+        kind=kind,
+        target=target,
+        start_ns=start_ns,
+        duration_seconds=max(0.0, duration_seconds),
+        success=False,
+        error=reason,
+        detail=detail[:1024] or None,
+        figures=figures or {},
+    )
+
+
+def is_figure_name(name: str) -> bool:
+    """True if `name` may be used as a figure or info key."""
+    return _figure_name.match(name) is not None

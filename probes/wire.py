@@ -1,0 +1,41 @@
+"""The wire format between probe and collector: a batch of numbered results, JSON, optionally gzip."""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+import msgspec
+
+from .result import NAME_PATTERN, Result
+
+__all__ = ["Batch", "RESULTS_PATH", "MAX_RESULTS_PER_BATCH", "encode_batch", "decode_batch"]
+
+RESULTS_PATH: Final = "/api/v1/results"
+MAX_RESULTS_PER_BATCH: Final = 10_000
+
+Label = Annotated[str, msgspec.Meta(max_length=128)]
+
+
+class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A probe's upload: its identity, a unique batch id kept across retries, and numbered results."""
+
+    probe_id: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+    batch_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{8,64}$")]
+    results: Annotated[list[Result], msgspec.Meta(max_length=MAX_RESULTS_PER_BATCH)]
+    city: Label = ""
+    isp: Label = ""
+    labels: Annotated[dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")], Label], msgspec.Meta(max_length=16)] = {}
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Batch)
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """The batch as JSON bytes."""
+    return _encoder.encode(batch)
+
+
+def decode_batch(body: bytes) -> Batch:
+    """Parse and validate a batch; raises msgspec.ValidationError or msgspec.DecodeError with a `$.path`."""
+    return _decoder.decode(body)
