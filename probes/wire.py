@@ -14,6 +14,7 @@ RESULTS_PATH: Final = "/api/v1/results"
 MAX_RESULTS_PER_BATCH: Final = 10_000
 
 Label = Annotated[str, msgspec.Meta(max_length=128)]
+LabelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 
 class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -24,7 +25,9 @@ class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     results: Annotated[list[Result], msgspec.Meta(max_length=MAX_RESULTS_PER_BATCH)]
     city: Label = ""
     isp: Label = ""
-    labels: Annotated[dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")], Label], msgspec.Meta(max_length=16)] = {}
+    labels: Annotated[dict[LabelName, Label], msgspec.Meta(max_length=16)] = {}
+    # the probe's own accounting at send time: spool_backlog, spool_dropped_total, measured_total, ...
+    stats: Annotated[dict[LabelName, Annotated[float, msgspec.Meta(ge=0)]], msgspec.Meta(max_length=32)] = {}
 
 
 _encoder = msgspec.json.Encoder()
