@@ -1,0 +1,50 @@
+# qiancheng: `make demo` runs the whole chain on loopback; `make test` installs what the tests need and runs them.
+
+PYTHON ?= python3
+VENV := .venv
+# A Python that already has qiancheng installed (an activated venv) is used as it is; otherwise the
+# project's own venv is made and filled.
+PY := $(shell $(PYTHON) -c 'import qiancheng.probes, qiancheng.collector' >/dev/null 2>&1 && command -v $(PYTHON) || echo $(VENV)/bin/python)
+ifeq ($(PY),$(VENV)/bin/python)
+BASE_ENV := $(VENV)/.installed
+TEST_ENV := $(VENV)/.installed-test
+endif
+
+.PHONY: demo test unit integration lint bench check clean help
+
+help:
+	@echo "make demo   collector (SQLite) + responder + probe on loopback, live table (DEMO_SECONDS=N to stop after N s)"
+	@echo "make test   install test dependencies (pip and Debian packages) and run the whole suite"
+	@echo "make unit | integration | lint | bench"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(VENV)/.installed $@
+
+demo: $(BASE_ENV)
+	$(PY) -m qiancheng.probes.demo
+
+test: $(TEST_ENV)
+	bash tests/install-deps.sh
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+unit: $(TEST_ENV)
+	$(PY) -m pytest -q tests/unit
+
+integration: $(TEST_ENV)
+	$(PY) -m pytest -q tests/integration
+
+lint: $(TEST_ENV)
+	$(PY) -m mypy probes collector
+
+bench: $(BASE_ENV)
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache demo-data

@@ -1,0 +1,138 @@
+"""`qiancheng-probe`: run the agent, measure once, or check a config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from rich.console import Console
+
+from . import __version__, measure
+from .configfile import decode_hook
+from .errors import ConfigError
+from .render import results_table
+from .result import KINDS, Result, Target
+from .settings import SETTINGS_BY_KIND, KindSettings
+
+__all__ = ["main"]
+
+# `once` flags that map one-to-one onto settings fields of the kinds that have them.
+_SETTING_FLAGS = ("count", "packet_interval", "timeout", "size", "port", "family", "resolver",
+                  "query_name", "query_type", "protocol", "url", "expected_status", "verify_tls")  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qiancheng-probe",
+        description="Measure latency, loss, DNS and HTTP to cloud pools, edge nodes and CDNs; push results to a collector.",
+    )
+    parser.add_argument("--version", action="version", version=f"qiancheng {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the agent: scheduled tests, durable spool, uploads")
+    run.add_argument("--config", required=True, help="probe config (YAML), e.g. configs/probe.yaml")
+
+    check = commands.add_parser("check", help="validate a probe config and list its jobs, then exit")
+    check.add_argument("--config", required=True, help="probe config (YAML)")
+
+    once = commands.add_parser(
+        "once",
+        help="measure now and print the results",
+        description="Measure each TARGET once. TARGET is an IP address, host name, host:port or http(s) URL; "
+        "for --kind dns it is the resolver. Exit status: 0 if every test succeeded, 1 if any failed, 2 on bad usage.",
+    )
+    once.add_argument("targets", nargs="+", metavar="TARGET")
+    once.add_argument("--kind", choices=KINDS, help="what to measure (default: http for URLs, icmp otherwise)")
+    once.add_argument("--json", action="store_true", help="one JSON object per target, in base units")
+    once.add_argument("--class", dest="target_class", default="edge", help="target class label (edge, cloud_pool, cdn, ...)")
+    once.add_argument("--count", type=int, help="packets or connects in the train")
+    once.add_argument("--packet-interval", help="spacing of the train, e.g. 100ms")
+    once.add_argument("--timeout", help="how long to wait for an answer, e.g. 1s")
+    once.add_argument("--size", type=int, help="ICMP payload bytes")
+    once.add_argument("--port", type=int, help="TCP or DNS port")
+    once.add_argument("--family", choices=("auto", "ipv4", "ipv6"))
+    once.add_argument("--resolver", help="DNS: resolver to ask (then TARGET is the name to look up)")
+    once.add_argument("--query-name", help="DNS: name to look up")
+    once.add_argument("--query-type", help="DNS: record type (A, AAAA, TXT, ...)")
+    once.add_argument("--protocol", choices=("udp", "tcp"), help="DNS transport")
+    once.add_argument("--url", help="HTTP: URL to fetch (default: TARGET)")
+    once.add_argument("--expected-status", type=int, action="append", help="HTTP: accepted status (repeatable)")
+    once.add_argument("--insecure", dest="verify_tls", action="store_false", default=None, help="HTTP: do not verify TLS certificates")
+    return parser
+
+
+def _once_settings(kind: str, args: argparse.Namespace) -> KindSettings:
+    settings_type = SETTINGS_BY_KIND[kind]
+    given: dict[str, Any] = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name) is not None}
+    accepted = {name: value for name, value in given.items() if name in settings_type.__struct_fields__}
+    if ignored := sorted(set(given) - set(accepted)):
+        raise ValueError(f"--{ignored[0].replace('_', '-')} does not apply to kind {kind}")
+    try:
+        return msgspec.convert(accepted, settings_type, dec_hook=decode_hook)
+    except msgspec.ValidationError as error:
+        raise ValueError(str(error).replace("`$.", "--").replace("`", "")) from None
+
+
+def _once_target(address: str, target_class: str) -> Target:
+    name = (urlsplit(address).hostname or address) if "://" in address else address
+    return Target(name=name, address=address, target_class=target_class)
+
+
+async def _measure_all(targets: Sequence[Target], kinds: Sequence[str], settings: Sequence[KindSettings]) -> list[Result]:
+    return list(await asyncio.gather(*(measure.run(k, t, s) for t, k, s in zip(targets, kinds, settings))))
+
+
+def _once(args: argparse.Namespace) -> int:
+    kinds = [args.kind or ("http" if "://" in t else "icmp") for t in args.targets]
+    try:
+        for kind in set(kinds):
+            if kind not in measure.available_kinds():
+                raise ValueError(f"kind {kind} is not available in this version (available: {', '.join(measure.available_kinds())})")
+        settings = [_once_settings(kind, args) for kind in kinds]
+    except ValueError as error:
+        print(f"qiancheng-probe once: {error}", file=sys.stderr)
+        return 2
+    targets = [_once_target(t, args.target_class) for t in args.targets]
+    results = asyncio.run(_measure_all(targets, kinds, settings))
+    if args.json:
+        encoder = msgspec.json.Encoder()
+        for result in results:
+            sys.stdout.write(encoder.encode(result).decode() + "\n")
+    else:
+        Console().print(results_table(results))
+    return 0 if all(r.success for r in results) else 1
+
+
+def _load(file: str) -> Any:
+    from .config import load_probe_config
+
+    return load_probe_config(file)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "once":
+        return _once(args)
+    try:
+        config = _load(args.config)
+    except ConfigError as error:
+        print(f"qiancheng-probe: {error}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(f"{config.file}: ok: probe {config.probe.id} ({config.probe.city}, {config.probe.isp}), "
+              f"{len({j.target.name for j in config.jobs})} targets, {len(config.jobs)} jobs")
+        for job in config.jobs:
+            print(f"  {job.target.name:<24} {job.kind:<6} every {job.settings.interval:g}s")
+        return 0
+    from .agent import run_agent
+
+    return asyncio.run(run_agent(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

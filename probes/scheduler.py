@@ -1,0 +1,132 @@
+"""Runs every (target, kind) job on its interval, at a stable per-probe phase, never overlapping itself.
+
+Each job's tests start at wall-clock slots `k * interval + offset`, where the offset is a hash of the probe
+id, target and kind: a thousand probes with the same config spread their tests across the interval
+instead of hitting a target in the same second, and a restarted probe keeps its slots. A job runs its
+tests one after another, so it cannot overlap itself; a test that overruns its slot skips the missed
+slots. A semaphore bounds how many tests run at once across jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from . import measure
+from .clock import wall_ns
+from .config import Job
+from .logs import kv
+from .result import Result, Target
+from .settings import KindSettings
+
+__all__ = ["Scheduler", "phase_offset", "seconds_until_slot"]
+
+log = logging.getLogger("qiancheng.scheduler")
+
+MeasureFn = Callable[[str, Target, KindSettings], Awaitable[Result]]
+SinkFn = Callable[[Job, Result], Awaitable[None]]
+
+
+def phase_offset(probe_id: str, job: Job) -> float:
+    """A stable offset within the job's interval, in seconds, spread uniformly across probes."""
+    digest = hashlib.sha256(f"{probe_id}\0{job.target.name}\0{job.kind}".encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2**64
+    return fraction * float(job.settings.interval)
+
+
+def seconds_until_slot(now: float, interval: float, offset: float) -> float:
+    """Seconds from `now` (Unix seconds) to the next slot `k * interval + offset` strictly after it."""
+    slot = (math.floor((now - offset) / interval) + 1) * interval + offset
+    return slot - now
+
+
+@dataclass
+class _Runner:
+    job: Job
+    task: asyncio.Task[None] | None = None
+    busy: bool = False
+    retiring: bool = False
+    tests: int = field(default=0)
+
+
+class Scheduler:
+    """Keeps one task per job; `apply()` swaps the job set in place (for a SIGHUP reload)."""
+
+    def __init__(
+        self,
+        probe_id: str,
+        sink: SinkFn,
+        max_concurrency: int,
+        measure_fn: MeasureFn = measure.run,
+        now: Callable[[], float] = lambda: wall_ns() / 1e9,
+    ) -> None:
+        self._probe_id = probe_id
+        self._sink = sink
+        self._measure = measure_fn
+        self._now = now
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._runners: dict[tuple[str, str], _Runner] = {}
+        self.tests_run = 0
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        return tuple(runner.job for runner in self._runners.values())
+
+    def apply(self, jobs: Iterable[Job], probe_id: str | None = None) -> None:
+        """Run exactly `jobs` from now on: unchanged jobs keep their task, changed ones restart.
+
+        A job being removed while it measures finishes that test first, so its result is kept.
+        """
+        if probe_id is not None and probe_id != self._probe_id:
+            self._probe_id = probe_id
+            for runner in list(self._runners.values()):
+                self._retire(runner)
+            self._runners.clear()
+        wanted = {job.key: job for job in jobs}
+        for key, runner in list(self._runners.items()):
+            if wanted.get(key) != runner.job:
+                self._retire(runner)
+                del self._runners[key]
+        for key, job in wanted.items():
+            if key not in self._runners:
+                runner = _Runner(job)
+                runner.task = asyncio.create_task(self._loop(runner), name=f"job {key[0]}/{key[1]}")
+                self._runners[key] = runner
+
+    async def stop(self) -> None:
+        """Cancel every job now, in-flight tests too (their results were not yet measured)."""
+        tasks = [runner.task for runner in self._runners.values() if runner.task is not None]
+        self._runners.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _retire(self, runner: _Runner) -> None:
+        runner.retiring = True
+        if not runner.busy and runner.task is not None:
+            runner.task.cancel()
+
+    async def _loop(self, runner: _Runner) -> None:
+        job = runner.job
+        interval = float(job.settings.interval)
+        offset = phase_offset(self._probe_id, job)
+        while not runner.retiring:
+            await asyncio.sleep(seconds_until_slot(self._now(), interval, offset))
+            runner.busy = True
+            try:
+                async with self._slots:
+                    result = await self._measure(job.kind, job.target, job.settings)
+                # Shielded: once measured, a result reaches the spool even if we are cancelled now.
+                await asyncio.shield(self._sink(job, result))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - one job's trouble must not stop the others
+                log.error(kv("job_error", target=job.target.name, kind=job.kind, error=repr(error)))
+            finally:
+                runner.busy = False
+            runner.tests += 1
+            self.tests_run += 1
