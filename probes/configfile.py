@@ -25,6 +25,7 @@ PathPart = str | int
 _AT_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.S)
 _PATH_PART = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
 
 
 def decode_hook(kind: type, value: object) -> object:
@@ -113,7 +114,9 @@ class YamlDocument:
         if unknown := _UNKNOWN_FIELD.search(reason):
             path.append(unknown[1])
             reason = f"unknown key {unknown[1]!r}"
-        reason = reason.replace("Object missing required field", "missing required key")
+        elif missing := _MISSING_FIELD.search(reason):
+            path.append(missing[1])
+            reason = "missing required key"
         reason = reason.replace("Expected `", "expected `")
         return self.error(path, reason)
 
