@@ -1,0 +1,121 @@
+"""The collector's configuration: where it listens, where it stores, which probes may push, and limits.
+
+YAML in, typed Structs out; defaults are declared here, once. Every error names file, line, field and
+reason (via `probes.configfile`) before anything listens.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from qiancheng.probes.configfile import YamlDocument, load_struct
+from qiancheng.probes.result import NAME_PATTERN
+from qiancheng.probes.settings import Duration, Size
+from qiancheng.probes.wire import MAX_RESULTS_PER_BATCH
+
+__all__ = [
+    "DEFAULT_PORT",
+    "ListenConfig",
+    "StoreConfig",
+    "ProbeEntry",
+    "LimitsConfig",
+    "MetricsConfig",
+    "CollectorConfig",
+    "load_collector_config",
+]
+
+DEFAULT_PORT: Final = 9310
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+#: Below this a normal batch of a few results would not fit; a typo such as `16` (bytes) is caught.
+_MIN_BODY_BYTES: Final = 1024
+
+
+class ListenConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The HTTP listener: ingest API, /metrics, /healthz, OpenAPI."""
+
+    host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = DEFAULT_PORT
+
+
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where results are stored durably; `sqlite` now, a second backend is a new module in store/."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    path: Annotated[str, msgspec.Meta(min_length=1)] = "/var/lib/qiancheng/collector.db"
+
+
+class ProbeEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A probe allowed to push, and the SHA-256 (hex) of its bearer token.
+
+    Only the hash is kept, so a leaked config does not leak credentials. Tokens are random secrets of
+    32 bytes or more, so a plain fast hash is enough: there is nothing to brute-force that a slow
+    password hash (bcrypt, scrypt) would protect, and a fast hash keeps auth cheap on every request.
+    """
+
+    id: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+    token_sha256: str
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Bounds on one request, so that no client can make the collector use unbounded memory."""
+
+    #: applies to the body as sent and again after gzip inflation (a small body may inflate hugely)
+    max_body_bytes: Size = Size(16 * 1024 * 1024)
+    max_results_per_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_RESULTS_PER_BATCH)] = MAX_RESULTS_PER_BATCH
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What /metrics shows."""
+
+    #: a (probe, target, kind) series that received nothing for this long leaves /metrics (0: never)
+    series_ttl: Duration = Duration(3600.0)
+
+
+class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole collector config file."""
+
+    listen: ListenConfig = ListenConfig()
+    store: StoreConfig = StoreConfig()
+    probes: list[ProbeEntry] = []
+    limits: LimitsConfig = LimitsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def _check(config: CollectorConfig, document: YamlDocument) -> None:
+    """Rules a type cannot say: hash format, unique probe ids and tokens, a usable body limit."""
+    ids: dict[str, int] = {}
+    hashes: dict[str, int] = {}
+    for index, probe in enumerate(config.probes):
+        if not _SHA256_HEX.match(probe.token_sha256):
+            raise document.error(
+                ("probes", index, "token_sha256"),
+                "expected the SHA-256 of the token as 64 lowercase hex digits "
+                "(print it with: qiancheng-collector hash-token TOKEN)",
+            )
+        if probe.id in ids:
+            raise document.error(("probes", index, "id"), f"duplicate probe id {probe.id!r} (also probes[{ids[probe.id]}])")
+        if probe.token_sha256 in hashes:
+            raise document.error(
+                ("probes", index, "token_sha256"),
+                f"same token as probes[{hashes[probe.token_sha256]}]: each probe needs its own token",
+            )
+        ids[probe.id] = index
+        hashes[probe.token_sha256] = index
+    if config.limits.max_body_bytes < _MIN_BODY_BYTES:
+        raise document.error(("limits", "max_body_bytes"), f"must be at least {_MIN_BODY_BYTES} bytes")
+
+
+def load_collector_config(file: str | Path) -> tuple[CollectorConfig, YamlDocument]:
+    """Read and validate a collector config; raises ConfigError naming file, line, field and reason.
+
+    The document is returned too, so that later errors (a store path that cannot be opened, a port
+    in use) can name their line.
+    """
+    config, document = load_struct(file, CollectorConfig)
+    _check(config, document)
+    return config, document

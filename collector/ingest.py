@@ -1,0 +1,240 @@
+"""POST /api/v1/results: authenticate, bound the body, validate, store durably and only then acknowledge.
+
+Checks run cheapest first, so that a client without a token never gets its body read:
+
+| check                                            | answer |
+|--------------------------------------------------|--------|
+| no `Authorization: Bearer`, or an unknown token  | 401    |
+| Content-Type not JSON / Content-Encoding not gzip| 415    |
+| body (as sent, or inflated) over max_body_bytes  | 413    |
+| gzip that does not inflate                       | 400    |
+| not JSON                                         | 400    |
+| JSON that is not a valid Batch                   | 422    |
+| batch of another probe than the token's          | 403    |
+| more results than max_results_per_batch          | 413    |
+| a result not numbered by the spool (seq 0)       | 422    |
+| the store failed (disk full, I/O error)          | 503    |
+| stored now, or stored before (duplicate)         | 200    |
+
+Every refusal is JSON (`ErrorBody`) and never a 5xx: a 5xx is left to genuine bugs (500) and to a
+store that cannot commit (503, with Retry-After, so that the probe keeps the batch and retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+
+import aiohttp
+import msgspec
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from qiancheng.probes.clock import wall_ns
+from qiancheng.probes.errors import QianchengError
+from qiancheng.probes.logs import kv
+from qiancheng.probes.wire import Batch, decode_batch
+
+from .api import Ack, ErrorBody, encode
+from .auth import TokenTable
+from .body import BadEncoding, BodyTooLarge, read_bounded
+from .config import LimitsConfig
+from .live import LiveState
+from .store import BatchOutcome, Store, StoreError
+
+__all__ = ["Refused", "refusal_for_decode_error", "Ingest", "RETRY_AFTER_SECONDS"]
+
+log = logging.getLogger("qiancheng.collector.ingest")
+
+#: what a probe is told to wait before retrying when the store cannot commit
+RETRY_AFTER_SECONDS = 5
+#: bodies larger than this are decoded in a worker thread. Decoding holds the GIL either way, but in a
+#: thread the loop still gets its turn every switch interval (5 ms), so /metrics and /healthz stay
+#: responsive while a big batch decodes (measured: ~25 us per ICMP result with 10 samples, most of it
+#: the wire format's per-key patterns, so ~25 ms for 1000 results, ~700 KiB of JSON)
+_DECODE_INLINE_BYTES = 256 * 1024
+_READ_CHUNK = 1 << 16
+_AT_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.S)
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+_JSON_TYPES = ("application/json",)
+
+
+class Refused(QianchengError, ValueError):
+    """A request the collector will not accept: an HTTP status, a reason, and the JSON path at fault."""
+
+    def __init__(self, status: int, error: str, field: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+        self.status = status
+        self.error = error
+        self.field = field
+        self.headers = dict(headers or {})
+        super().__init__(f"{status}: {error}" + (f" at {field}" if field else ""))
+
+    def response(self) -> web.Response:
+        return web.Response(
+            status=self.status,
+            body=encode(ErrorBody(error=self.error, field=self.field)),
+            content_type="application/json",
+            headers=self.headers,
+        )
+
+
+def refusal_for_decode_error(error: msgspec.DecodeError) -> Refused:
+    """400 for bytes that are not JSON; 422 for JSON that is not a valid Batch, with the field's path."""
+    if not isinstance(error, msgspec.ValidationError):
+        return Refused(400, f"not valid JSON: {error}", "$")
+    match = _AT_PATH.match(str(error))
+    assert match is not None  # the pattern matches any text
+    reason, path = match["reason"], match["path"] or "$"
+    if unknown := _UNKNOWN_FIELD.search(reason):
+        path, reason = f"{path}.{unknown[1]}", f"unknown field {unknown[1]!r}"
+    elif missing := _MISSING_FIELD.search(reason):
+        path, reason = f"{path}.{missing[1]}", "missing required field"
+    return Refused(422, reason[:1].lower() + reason[1:], path)
+
+
+def _check_content_type(request: web.Request) -> None:
+    # a missing Content-Type is tolerated (the body must still be JSON); a declared other type is refused,
+    # so that form posts and uploads aimed at the wrong URL are told why
+    declared = request.headers.get(hdrs.CONTENT_TYPE)
+    if declared is not None and not (request.content_type in _JSON_TYPES or request.content_type.endswith("+json")):
+        raise Refused(415, f"Content-Type must be application/json, got {request.content_type!r}")
+
+
+def _is_gzip(request: web.Request) -> bool:
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return True
+    if encoding == "identity":
+        return False
+    raise Refused(415, f"Content-Encoding must be gzip or identity, got {encoding!r}")
+
+
+class Ingest:
+    """The ingest endpoint over a token table, a store and the live state."""
+
+    def __init__(
+        self,
+        tokens: TokenTable,
+        store: Store,
+        state: LiveState,
+        limits: LimitsConfig,
+        clock: Callable[[], int] = wall_ns,
+    ) -> None:
+        self._tokens = tokens
+        self._store = store
+        self._state = state
+        self._limits = limits
+        self._clock = clock
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """The aiohttp handler; refusals become JSON, anything else propagates (a bug: 500)."""
+        status = 500
+        try:
+            response = await self._handle(request)
+            status = response.status
+            return response
+        except Refused as refused:
+            status = refused.status
+            return refused.response()
+        finally:
+            self._state.count_request(status)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        probe = self._tokens.probe_for(request.headers.get(hdrs.AUTHORIZATION))
+        if probe is None:
+            reason = "bearer token required" if hdrs.AUTHORIZATION not in request.headers else "invalid token"
+            self._refused(request, 401, reason, None)
+            raise Refused(401, reason, headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="qiancheng"'})
+        try:
+            batch = await self._read_batch(request)
+        except Refused as refused:
+            self._state.count_batch("rejected")
+            self._refused(request, refused.status, refused.error, probe, refused.field)
+            raise
+        try:
+            self._check_batch(batch, probe)
+        except Refused as refused:
+            self._state.count_batch("rejected", len(batch.results))
+            self._refused(request, refused.status, refused.error, probe, refused.field)
+            raise
+        received_ns = self._clock()
+        try:
+            # shielded: once the commit is under way, a client that hangs up or a server stopping must
+            # not cut the bookkeeping after it, or /metrics would disagree with the store
+            outcome = await asyncio.shield(self._commit(batch, received_ns))
+        except StoreError as error:
+            log.error(kv("store_failed", probe=probe, batch=batch.batch_id, error=error))
+            raise Refused(
+                503, "the store could not commit the batch; retry later",
+                headers={hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)},
+            ) from None  # fmt: skip
+        ack = Ack(accepted=len(batch.results), duplicate=outcome.duplicate, stored=outcome.stored)
+        return web.Response(body=encode(ack), content_type="application/json")
+
+    async def _read_batch(self, request: web.Request) -> Batch:
+        _check_content_type(request)
+        gzip = _is_gzip(request)
+        limit = int(self._limits.max_body_bytes)
+        if request.content_length is not None and request.content_length > limit:
+            raise Refused(413, f"body exceeds {limit} bytes (limits.max_body_bytes)")
+        try:
+            body = await read_bounded(request.content.iter_chunked(_READ_CHUNK), limit, gzip)
+        except BodyTooLarge as error:
+            raise Refused(413, f"{error} (limits.max_body_bytes)") from None
+        except BadEncoding as error:
+            raise Refused(400, str(error)) from None
+        except (HttpProcessingError, aiohttp.ClientPayloadError, ConnectionError) as error:
+            raise Refused(400, f"incomplete request body: {error}") from None
+        try:
+            if len(body) > _DECODE_INLINE_BYTES:
+                return await asyncio.to_thread(decode_batch, body)
+            return decode_batch(body)
+        except msgspec.DecodeError as error:
+            raise refusal_for_decode_error(error) from None
+
+    def _check_batch(self, batch: Batch, probe: str) -> None:
+        if batch.probe_id != probe:
+            raise Refused(403, f"this token belongs to probe {probe!r}, not {batch.probe_id!r}", "$.probe_id")
+        if len(batch.results) > self._limits.max_results_per_batch:
+            raise Refused(
+                413, f"more than {self._limits.max_results_per_batch} results (limits.max_results_per_batch)", "$.results"
+            )
+        for index, result in enumerate(batch.results):
+            if result.seq < 1:
+                raise Refused(422, "must be ≥ 1: results are numbered by the probe's spool", f"$.results[{index}].seq")
+
+    async def _commit(self, batch: Batch, received_ns: int) -> BatchOutcome:
+        started = time.perf_counter()
+        outcome = await self._store.store_batch(batch, received_ns)
+        state = self._state
+        state.observe_commit(time.perf_counter() - started)
+        if batch.probe_id not in state.probes:
+            log.info(kv("probe_seen", probe=batch.probe_id, city=batch.city, isp=batch.isp))
+        state.saw_probe(batch.probe_id, batch.city, batch.isp, batch.labels, batch.stats, received_ns)
+        total = len(batch.results)
+        if outcome.duplicate:
+            state.count_batch("duplicate", total)
+        else:
+            state.count_batch("stored")
+            state.count_results("stored", outcome.stored)
+            state.count_results("duplicate", total - outcome.stored - outcome.conflicts)
+            state.count_results("conflict", outcome.conflicts)
+            state.apply(batch.probe_id, batch.city, batch.isp, outcome.new, received_ns)
+        if outcome.conflicts:
+            # the same seq with another start time: the probe's spool restarted its numbering; its new
+            # results are not stored until its seqs pass the old ones, so an operator must act
+            log.warning(kv("seq_conflict", probe=batch.probe_id, batch=batch.batch_id, results=outcome.conflicts,
+                           action="give the probe a new probe id, or keep its spool file across reinstalls"))  # fmt: skip
+        log.debug(kv("batch_stored", probe=batch.probe_id, batch=batch.batch_id, results=total,
+                     stored=outcome.stored, duplicate=outcome.duplicate))  # fmt: skip
+        return outcome
+
+    @staticmethod
+    def _refused(request: web.Request, status: int, reason: str, probe: str | None, field: str | None = None) -> None:
+        # no headers are logged: the Authorization header is a secret
+        log.warning(kv("batch_refused", status=status, reason=reason, field=field or "-", probe=probe or "-",
+                       remote=request.remote or "-"))  # fmt: skip

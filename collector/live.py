@@ -1,0 +1,216 @@
+"""The live state /metrics shows: latest result per series, cumulative counts, probe liveness, ingest tallies.
+
+Everything here is rebuilt from the store at startup (latest results, probes) or starts at zero as any
+Prometheus counter may (counts): a collector holds no state that cannot be rebuilt. All mutation
+happens on the event loop, after the store has committed, so the state never shows what the store
+does not hold.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from qiancheng.probes.result import Result
+
+from .store import ProbeRecord, StoredResult
+
+__all__ = [
+    "LABELS",
+    "PROBE_LABELS",
+    "series_labels",
+    "Histogram",
+    "Series",
+    "ProbeLive",
+    "IngestTally",
+    "LiveState",
+]
+
+#: label names of every per-test series, in this order; `series_labels` is the one place that fills them
+LABELS: Final = ("probe", "city", "isp", "target", "target_class", "kind")
+#: label names of per-probe series
+PROBE_LABELS: Final = ("probe", "city", "isp")
+
+
+def series_labels(probe: str, city: str, isp: str, result: Result) -> tuple[str, ...]:
+    """The label values (in LABELS order) of the series `result` belongs to."""
+    return (probe, city, isp, result.target.name, result.target.target_class, result.kind)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Counts per bucket (not cumulative; the last one is +Inf), their sum and count; seconds."""
+
+    bounds: Sequence[float]
+    counts: list[int]
+    total: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def empty(cls, bounds: Sequence[float]) -> Histogram:
+        return cls(bounds, [0] * (len(bounds) + 1))
+
+    def observe(self, value: float) -> None:
+        # bisect_left gives the first bound ≥ value: Prometheus buckets are `le` (less or equal)
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def observe_many(self, values: Iterable[float | None]) -> None:
+        """Observe every value that is not None (a lost packet has no RTT); the hot path of ingest."""
+        counts, bounds, total, count = self.counts, self.bounds, 0.0, 0
+        for value in values:
+            if value is not None:
+                counts[bisect_left(bounds, value)] += 1
+                total += value
+                count += 1
+        self.total += total
+        self.count += count
+
+    def cumulative(self) -> list[int]:
+        """Cumulative counts, one per bound and a last one for +Inf (equal to `count`)."""
+        running, out = 0, []
+        for count in self.counts:
+            running += count
+            out.append(running)
+        return out
+
+
+@dataclass(slots=True)
+class Series:
+    """One (probe, city, isp, target, target_class, kind): its latest result and its running counts."""
+
+    labels: tuple[str, ...]
+    touched_ns: int  # when a result of this series last arrived (UTC ns); drives series_ttl
+    latest: Result | None = None
+    rtt: Histogram | None = None
+    figure_sums: dict[str, float] = field(default_factory=dict)  # counted figure → sum over new results
+    tests: dict[tuple[str, str], int] = field(default_factory=dict)  # (outcome, reason) → tests
+
+
+@dataclass(slots=True)
+class ProbeLive:
+    """A probe as its latest batch described it."""
+
+    city: str
+    isp: str
+    labels: dict[str, str]
+    stats: dict[str, float]
+    last_seen_ns: int
+
+
+@dataclass(slots=True)
+class IngestTally:
+    """The collector's own accounting of requests, batches and results since it started."""
+
+    requests: dict[int, int] = field(default_factory=dict)  # HTTP status → requests
+    batches: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("stored", "duplicate", "rejected"), 0))
+    results: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("stored", "duplicate", "conflict", "rejected"), 0)
+    )
+    commit: Histogram | None = None
+
+
+class LiveState:
+    """The in-memory state behind /metrics.
+
+    `counted_figures` are summed into counters (packets sent, ...); results of `histogram_kinds` feed
+    every sample into the RTT histogram with `rtt_bounds` (seconds). A series that received nothing
+    for `series_ttl_ns` is forgotten (0: never).
+    """
+
+    def __init__(
+        self,
+        counted_figures: Collection[str],
+        histogram_kinds: Collection[str],
+        rtt_bounds: Sequence[float],
+        commit_bounds: Sequence[float],
+        series_ttl_ns: int = 0,
+    ) -> None:
+        self.counted_figures = tuple(counted_figures)
+        self.histogram_kinds = frozenset(histogram_kinds)
+        self.rtt_bounds = tuple(rtt_bounds)
+        self.series_ttl_ns = series_ttl_ns
+        self.series: dict[tuple[str, ...], Series] = {}
+        self.probes: dict[str, ProbeLive] = {}
+        self.ingest = IngestTally(commit=Histogram.empty(tuple(commit_bounds)))
+
+    def _series(self, labels: tuple[str, ...], kind: str, now_ns: int) -> Series:
+        series = self.series.get(labels)
+        if series is None:
+            rtt = Histogram.empty(self.rtt_bounds) if kind in self.histogram_kinds else None
+            series = self.series[labels] = Series(labels=labels, touched_ns=now_ns, rtt=rtt)
+        series.touched_ns = max(series.touched_ns, now_ns)
+        return series
+
+    @staticmethod
+    def _offer_latest(series: Series, result: Result) -> None:
+        # the latest by start time wins: a late result replayed from a spool must not hide a newer one
+        latest = series.latest
+        if latest is None or (result.start_ns, result.seq) > (latest.start_ns, latest.seq):
+            series.latest = result
+
+    def apply(self, probe: str, city: str, isp: str, results: Iterable[Result], now_ns: int) -> None:
+        """Account results just stored for the first time (never re-applied: counts stay exact)."""
+        for result in results:
+            series = self._series(series_labels(probe, city, isp, result), result.kind, now_ns)
+            self._offer_latest(series, result)
+            outcome = ("success", "none") if result.success else ("failure", result.error or "error")
+            series.tests[outcome] = series.tests.get(outcome, 0) + 1
+            figures = result.figures
+            for name in self.counted_figures:
+                if name in figures:
+                    series.figure_sums[name] = series.figure_sums.get(name, 0.0) + figures[name]
+            if series.rtt is not None:
+                series.rtt.observe_many(result.samples)
+
+    def saw_probe(
+        self, probe: str, city: str, isp: str, labels: dict[str, str], stats: dict[str, float], now_ns: int
+    ) -> None:
+        """Record that an authenticated, valid batch arrived from `probe` (stored or duplicate)."""
+        self.probes[probe] = ProbeLive(city=city, isp=isp, labels=dict(labels), stats=dict(stats), last_seen_ns=now_ns)
+
+    def restore(self, latest: Iterable[StoredResult], probes: Iterable[ProbeRecord], allowed: Collection[str]) -> None:
+        """Rebuild latest results and probe liveness from the store (probes no longer configured are left out)."""
+        for stored in latest:
+            if stored.probe_id not in allowed:
+                continue
+            labels = series_labels(stored.probe_id, stored.city, stored.isp, stored.result)
+            self._offer_latest(self._series(labels, stored.result.kind, stored.received_ns), stored.result)
+        for record in probes:
+            if record.probe_id in allowed:
+                self.probes[record.probe_id] = ProbeLive(
+                    city=record.city, isp=record.isp, labels=record.labels, stats=record.stats,
+                    last_seen_ns=record.last_seen_ns,
+                )  # fmt: skip
+
+    def expire(self, now_ns: int) -> int:
+        """Forget series idle longer than the TTL; returns how many went."""
+        if not self.series_ttl_ns:
+            return 0
+        horizon = now_ns - self.series_ttl_ns
+        stale = [labels for labels, series in self.series.items() if series.touched_ns < horizon]
+        for labels in stale:
+            del self.series[labels]
+        return len(stale)
+
+    # -- ingest accounting -----------------------------------------------------------------------------
+
+    def count_request(self, status: int) -> None:
+        self.ingest.requests[status] = self.ingest.requests.get(status, 0) + 1
+
+    def count_batch(self, outcome: str, results: int = 0) -> None:
+        """One batch with `results` results: stored, duplicate or rejected."""
+        self.ingest.batches[outcome] = self.ingest.batches.get(outcome, 0) + 1
+        if results:
+            self.count_results(outcome, results)
+
+    def count_results(self, outcome: str, results: int) -> None:
+        if results:
+            self.ingest.results[outcome] = self.ingest.results.get(outcome, 0) + results
+
+    def observe_commit(self, seconds: float) -> None:
+        assert self.ingest.commit is not None
+        self.ingest.commit.observe(seconds)

@@ -1,0 +1,318 @@
+"""Prometheus exposition of the live state: a custom collector whose collect() builds every family anew.
+
+What a figure becomes is table-driven: adding a metric fed by a result figure is one line in
+FIGURE_GAUGES or FIGURE_COUNTERS (and one HELP line for a new family). docs/metrics.md lists them all.
+Gauges show the latest result by start time; counters and the RTT histogram count every result
+stored for the first time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+
+from qiancheng.probes.clock import wall_ns
+
+from .live import LABELS, PROBE_LABELS, Histogram, LiveState, Series
+
+__all__ = [
+    "RTT_BUCKETS",
+    "COMMIT_BUCKETS",
+    "RTT_KINDS",
+    "FigureMetric",
+    "FIGURE_GAUGES",
+    "FIGURE_COUNTERS",
+    "PROBE_STATS",
+    "HELP",
+    "new_live_state",
+    "LiveCollector",
+    "build_registry",
+]
+
+#: RTT buckets in seconds, 0.5 ms … 2 s: loopback and same-city edges sit in the first buckets, national
+#: hubs at 20–60 ms, bad paths and bufferbloat in the hundreds of ms; beyond 2 s a probe's timeout bites
+RTT_BUCKETS: Final = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0,
+)  # fmt: skip
+#: how long a batch's SQLite transaction takes, seconds (an fsync is 0.1–10 ms on SSDs)
+COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: kinds whose samples are round-trip times, each one observed in qiancheng_rtt_seconds
+RTT_KINDS: Final = frozenset({"icmp", "tcp", "stamp"})
+_TRAIN_KINDS: Final = RTT_KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class FigureMetric:
+    """A metric fed by one result figure, for the kinds given (None: any), with fixed extra labels."""
+
+    metric: str
+    figure: str
+    kinds: frozenset[str] | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+def _only(*kinds: str) -> frozenset[str]:
+    return frozenset(kinds)
+
+
+#: gauges from the latest result of each series
+FIGURE_GAUGES: Final = (
+    FigureMetric("qiancheng_loss_ratio", "loss_ratio", _TRAIN_KINDS),
+    FigureMetric("qiancheng_jitter_seconds", "jitter_seconds", _TRAIN_KINDS),
+    FigureMetric("qiancheng_pdv_p99_seconds", "pdv_p99_seconds", _TRAIN_KINDS),
+    FigureMetric("qiancheng_test_rtt_seconds", "rtt_min_seconds", _TRAIN_KINDS, (("statistic", "min"),)),
+    FigureMetric("qiancheng_test_rtt_seconds", "rtt_mean_seconds", _TRAIN_KINDS, (("statistic", "mean"),)),
+    FigureMetric("qiancheng_test_rtt_seconds", "rtt_median_seconds", _TRAIN_KINDS, (("statistic", "median"),)),
+    FigureMetric("qiancheng_test_rtt_seconds", "rtt_p95_seconds", _TRAIN_KINDS, (("statistic", "p95"),)),
+    FigureMetric("qiancheng_test_rtt_seconds", "rtt_max_seconds", _TRAIN_KINDS, (("statistic", "max"),)),
+    FigureMetric("qiancheng_test_rtt_seconds", "rtt_stddev_seconds", _TRAIN_KINDS, (("statistic", "stddev"),)),
+    FigureMetric("qiancheng_http_phase_seconds", "dns_seconds", _only("http"), (("phase", "dns"),)),
+    FigureMetric("qiancheng_http_phase_seconds", "connect_seconds", _only("http"), (("phase", "connect"),)),
+    FigureMetric("qiancheng_http_phase_seconds", "tls_seconds", _only("http"), (("phase", "tls"),)),
+    FigureMetric("qiancheng_http_phase_seconds", "ttfb_seconds", _only("http"), (("phase", "ttfb"),)),
+    FigureMetric("qiancheng_http_phase_seconds", "total_seconds", _only("http"), (("phase", "total"),)),
+    FigureMetric("qiancheng_http_status_code", "status_code", _only("http")),
+    FigureMetric("qiancheng_http_response_bytes", "bytes", _only("http")),
+    FigureMetric("qiancheng_dns_lookup_seconds", "lookup_seconds", _only("dns")),
+    FigureMetric("qiancheng_dns_answers", "answer_count", _only("dns")),
+    FigureMetric("qiancheng_dns_rcode", "rcode_value", _only("dns")),
+    FigureMetric(
+        "qiancheng_throughput_bits_per_second", "throughput_bits_per_second", _only("download"),
+        (("direction", "download"),),
+    ),
+    FigureMetric(
+        "qiancheng_throughput_bits_per_second", "throughput_bits_per_second", _only("upload"),
+        (("direction", "upload"),),
+    ),
+)  # fmt: skip
+
+#: counters summing a figure over every result stored for the first time
+FIGURE_COUNTERS: Final = (
+    FigureMetric("qiancheng_packets_sent_total", "packets_sent", _TRAIN_KINDS),
+    FigureMetric("qiancheng_packets_received_total", "packets_received", _TRAIN_KINDS),
+    FigureMetric("qiancheng_packets_duplicate_total", "duplicates", _TRAIN_KINDS),
+    FigureMetric("qiancheng_packets_late_total", "late", _TRAIN_KINDS),
+)
+
+#: per-probe metrics from a batch's `stats`: (metric, stat name, is a counter)
+PROBE_STATS: Final = (
+    ("qiancheng_probe_spool_backlog", "spool_backlog", False),
+    ("qiancheng_probe_spool_backlog_bytes", "spool_backlog_bytes", False),
+    ("qiancheng_probe_spool_dropped_total", "spool_dropped_total", True),
+    ("qiancheng_probe_spool_rejected_total", "spool_rejected_total", True),
+    ("qiancheng_probe_measured_total", "measured_total", True),
+)
+
+HELP: Final = {
+    "qiancheng_rtt_seconds": "Every round-trip time sample (icmp echo, tcp connect, stamp), seconds.",
+    "qiancheng_packets_sent_total": "Packets (or connects) sent in tests; loss = 1 - rate(received)/rate(sent).",
+    "qiancheng_packets_received_total": "Packets (or connects) answered within the timeout.",
+    "qiancheng_packets_duplicate_total": "Duplicate replies (never counted as received).",
+    "qiancheng_packets_late_total": "Replies that arrived after the timeout (their packet counts as lost).",
+    "qiancheng_tests_total": "Tests stored, by outcome (success, failure) and failure reason (none on success).",
+    "qiancheng_test_success": "1 if the latest test (by start time) succeeded, else 0.",
+    "qiancheng_test_duration_seconds": "How long the latest test took, seconds.",
+    "qiancheng_test_timestamp_seconds": "When the latest test started, Unix seconds (UTC).",
+    "qiancheng_loss_ratio": "Loss of the latest test, 0..1: packets with no reply within the timeout (RFC 7680).",
+    "qiancheng_jitter_seconds": "Mean absolute delay variation of the latest test (RFC 3393 IPDV), seconds.",
+    "qiancheng_pdv_p99_seconds": "99th percentile packet delay variation of the latest test (RFC 5481 PDV), seconds.",
+    "qiancheng_test_rtt_seconds": "Round-trip statistic (min, mean, median, p95, max, stddev) of the latest test, seconds.",
+    "qiancheng_http_phase_seconds": "Phase of the latest HTTP test (dns, connect, tls, ttfb, total), seconds.",
+    "qiancheng_http_status_code": "HTTP status code of the latest HTTP test.",
+    "qiancheng_http_response_bytes": "Body bytes received by the latest HTTP test.",
+    "qiancheng_dns_lookup_seconds": "Lookup time of the latest DNS test, seconds.",
+    "qiancheng_dns_answers": "Answer records in the latest DNS response.",
+    "qiancheng_dns_rcode": "DNS response code (RFC 1035/6895 value) of the latest DNS test.",
+    "qiancheng_throughput_bits_per_second": "Goodput of the latest download/upload test, bits per second.",
+    "qiancheng_probe_last_seen_timestamp_seconds": "When the collector last received a valid batch from the probe, Unix seconds.",
+    "qiancheng_probe_spool_backlog": "Results waiting in the probe's spool when it sent its latest batch.",
+    "qiancheng_probe_spool_backlog_bytes": "Bytes of results waiting in the probe's spool when it sent its latest batch.",
+    "qiancheng_probe_spool_rejected_total": "Results the probe quarantined because the collector refused them (400/422), as the probe reports it.",
+    "qiancheng_probe_spool_dropped_total": "Results the probe's full spool dropped (oldest first), as the probe reports it.",
+    "qiancheng_probe_measured_total": "Tests the probe has measured, as the probe reports it.",
+    "qiancheng_probe_info": "Constant 1, labelled with the probe's free labels from its latest batch.",
+    "qiancheng_ingest_requests_total": "POST /api/v1/results requests by HTTP status code.",
+    "qiancheng_ingest_batches_total": "Batches by outcome: stored, duplicate (batch_id seen before), rejected.",
+    "qiancheng_ingest_results_total": "Results by outcome: stored, duplicate (seq or batch seen before), conflict (seq reused with another start time: not stored), rejected.",
+    "qiancheng_ingest_commit_seconds": "Time to commit one batch durably to the store, seconds.",
+    "qiancheng_series": "Per-test series currently shown (probe x target x kind, with city, isp, class).",
+}
+
+_RESERVED_PROBE_LABELS: Final = frozenset(PROBE_LABELS)
+
+
+def _check_tables() -> None:
+    """Every family has help, and rows of one family agree on their extra label names (import-time)."""
+    names: dict[str, tuple[str, ...]] = {}
+    for row in FIGURE_GAUGES + FIGURE_COUNTERS:
+        assert row.metric in HELP, f"{row.metric} needs a HELP line"
+        keys = tuple(k for k, _ in row.extra)
+        assert names.setdefault(row.metric, keys) == keys, f"{row.metric}: rows disagree on labels"
+    for metric, _, _ in PROBE_STATS:
+        assert metric in HELP, f"{metric} needs a HELP line"
+
+
+_check_tables()
+
+
+def new_live_state(series_ttl_seconds: float = 0.0) -> LiveState:
+    """A LiveState that counts and buckets what this module's tables expose."""
+    return LiveState(
+        counted_figures=sorted({row.figure for row in FIGURE_COUNTERS}),
+        histogram_kinds=RTT_KINDS,
+        rtt_bounds=RTT_BUCKETS,
+        commit_bounds=COMMIT_BUCKETS,
+        series_ttl_ns=int(series_ttl_seconds * 1e9),
+    )
+
+
+def _family_name(metric: str) -> str:
+    # prometheus_client appends `_total` to counter families itself
+    return metric.removesuffix("_total")
+
+
+def _histogram_buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    cumulative = histogram.cumulative()
+    return [(repr(float(b)), float(c)) for b, c in zip(histogram.bounds, cumulative)] + [
+        ("+Inf", float(cumulative[-1]))
+    ]
+
+
+class LiveCollector(Collector):
+    """A prometheus_client collector over a LiveState; `clock` gives UTC ns (for the series TTL)."""
+
+    def __init__(self, state: LiveState, clock: Callable[[], int] = wall_ns) -> None:
+        self._state = state
+        self._clock = clock
+
+    def describe(self) -> list[Metric]:
+        # families come and go with the data; nothing to check for clashes at registration
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state
+        state.expire(self._clock())
+        series = list(state.series.values())
+        yield from self._test_families(series)
+        yield from self._figure_families(series, FIGURE_GAUGES, counter=False)
+        yield from self._figure_families(series, FIGURE_COUNTERS, counter=True)
+        yield self._rtt_family(series)
+        yield from self._probe_families()
+        yield from self._ingest_families()
+        yield GaugeMetricFamily("qiancheng_series", HELP["qiancheng_series"], value=len(series))
+
+    @staticmethod
+    def _test_families(series: Sequence[Series]) -> Iterator[Metric]:
+        success = GaugeMetricFamily("qiancheng_test_success", HELP["qiancheng_test_success"], labels=LABELS)
+        duration = GaugeMetricFamily(
+            "qiancheng_test_duration_seconds", HELP["qiancheng_test_duration_seconds"], labels=LABELS
+        )
+        started = GaugeMetricFamily(
+            "qiancheng_test_timestamp_seconds", HELP["qiancheng_test_timestamp_seconds"], labels=LABELS
+        )
+        tests = CounterMetricFamily(
+            "qiancheng_tests", HELP["qiancheng_tests_total"], labels=LABELS + ("outcome", "reason")
+        )
+        for one in series:
+            if one.latest is not None:
+                success.add_metric(one.labels, 1.0 if one.latest.success else 0.0)
+                duration.add_metric(one.labels, one.latest.duration_seconds)
+                started.add_metric(one.labels, one.latest.start_ns / 1e9)
+            for (outcome, reason), count in sorted(one.tests.items()):
+                tests.add_metric(one.labels + (outcome, reason), float(count))
+        yield from (success, duration, started, tests)
+
+    @staticmethod
+    def _figure_families(series: Sequence[Series], table: Sequence[FigureMetric], counter: bool) -> Iterator[Metric]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for row in table:
+            family = families.get(row.metric)
+            if family is None:
+                labels = LABELS + tuple(k for k, _ in row.extra)
+                kind = CounterMetricFamily if counter else GaugeMetricFamily
+                family = families[row.metric] = kind(_family_name(row.metric), HELP[row.metric], labels=labels)
+            extra = tuple(v for _, v in row.extra)
+            for one in series:
+                if row.kinds is not None and one.labels[-1] not in row.kinds:  # LABELS ends with kind
+                    continue
+                if counter:
+                    value = one.figure_sums.get(row.figure)
+                else:
+                    value = one.latest.figures.get(row.figure) if one.latest is not None else None
+                if value is not None:
+                    family.add_metric(one.labels + extra, value)
+        yield from families.values()
+
+    @staticmethod
+    def _rtt_family(series: Sequence[Series]) -> Metric:
+        family = HistogramMetricFamily("qiancheng_rtt_seconds", HELP["qiancheng_rtt_seconds"], labels=LABELS)
+        for one in series:
+            if one.rtt is not None:
+                family.add_metric(list(one.labels), _histogram_buckets(one.rtt), one.rtt.total)
+        return family
+
+    def _probe_families(self) -> Iterator[Metric]:
+        probes = sorted(self._state.probes.items())
+        seen = GaugeMetricFamily(
+            "qiancheng_probe_last_seen_timestamp_seconds",
+            HELP["qiancheng_probe_last_seen_timestamp_seconds"],
+            labels=PROBE_LABELS,
+        )
+        for probe, live in probes:
+            seen.add_metric((probe, live.city, live.isp), live.last_seen_ns / 1e9)
+        yield seen
+        for metric, stat, is_counter in PROBE_STATS:
+            family: GaugeMetricFamily | CounterMetricFamily = (
+                CounterMetricFamily(_family_name(metric), HELP[metric], labels=PROBE_LABELS)
+                if is_counter
+                else GaugeMetricFamily(metric, HELP[metric], labels=PROBE_LABELS)
+            )
+            for probe, live in probes:
+                if stat in live.stats:
+                    family.add_metric((probe, live.city, live.isp), live.stats[stat])
+            yield family
+        info = GaugeMetricFamily("qiancheng_probe_info", HELP["qiancheng_probe_info"])
+        for probe, live in probes:
+            extra = {k: v for k, v in sorted(live.labels.items()) if k not in _RESERVED_PROBE_LABELS}
+            # free labels differ between probes, so samples are added directly rather than with fixed names
+            info.samples.append(Sample("qiancheng_probe_info", {"probe": probe, "city": live.city, "isp": live.isp, **extra}, 1.0))
+        yield info
+
+    def _ingest_families(self) -> Iterator[Metric]:
+        tally = self._state.ingest
+        requests = CounterMetricFamily(
+            "qiancheng_ingest_requests", HELP["qiancheng_ingest_requests_total"], labels=("code",)
+        )
+        for code, count in sorted(tally.requests.items()):
+            requests.add_metric((str(code),), float(count))
+        batches = CounterMetricFamily(
+            "qiancheng_ingest_batches", HELP["qiancheng_ingest_batches_total"], labels=("outcome",)
+        )
+        for outcome, count in sorted(tally.batches.items()):
+            batches.add_metric((outcome,), float(count))
+        results = CounterMetricFamily(
+            "qiancheng_ingest_results", HELP["qiancheng_ingest_results_total"], labels=("outcome",)
+        )
+        for outcome, count in sorted(tally.results.items()):
+            results.add_metric((outcome,), float(count))
+        yield from (requests, batches, results)
+        commit = HistogramMetricFamily("qiancheng_ingest_commit_seconds", HELP["qiancheng_ingest_commit_seconds"])
+        if tally.commit is not None:
+            commit.add_metric([], _histogram_buckets(tally.commit), tally.commit.total)
+        yield commit
+
+
+def build_registry(state: LiveState, clock: Callable[[], int] = wall_ns, process: bool = True) -> CollectorRegistry:
+    """A fresh registry exposing `state` (and this process's CPU and memory when `process`)."""
+    registry = CollectorRegistry()
+    registry.register(LiveCollector(state, clock))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry

@@ -1,0 +1,150 @@
+"""The OpenAPI 3.1 document of the collector's HTTP API, generated from the Structs the code uses."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from qiancheng.probes.wire import MAX_RESULTS_PER_BATCH, RESULTS_PATH, Batch
+
+from .api import Ack, ErrorBody, Health, LatestResponse
+
+__all__ = ["OPENAPI_PATH", "LATEST_PATH", "HEALTH_PATH", "METRICS_PATH", "openapi_document"]
+
+OPENAPI_PATH: Final = "/api/v1/openapi.json"
+LATEST_PATH: Final = "/api/v1/latest"
+HEALTH_PATH: Final = "/healthz"
+METRICS_PATH: Final = "/metrics"
+
+_REF = "#/components/schemas/{name}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("ErrorBody")}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a JSON-ready dict) for this collector's limits."""
+    (batch, ack, _, health, latest), components = msgspec.json.schema_components(
+        (Batch, Ack, ErrorBody, Health, LatestResponse), ref_template=_REF
+    )
+    results_post = {
+        "operationId": "postResults",
+        "summary": "Push a batch of results (a probe's upload)",
+        "description": (
+            "The collector answers 200 only once the batch is durably committed. A repeated `batch_id` "
+            "(same probe) is acknowledged with `duplicate: true` and stored nothing twice; a result is "
+            "also unique on (probe_id, seq), so one re-sent in another batch is stored once. The body "
+            "is JSON, optionally `Content-Encoding: gzip`; its size is limited before and after "
+            f"inflation (limits.max_body_bytes, here {max_body_bytes} bytes), and a batch holds at most "
+            f"limits.max_results_per_batch results (≤ {MAX_RESULTS_PER_BATCH}). Every refusal is JSON "
+            "with `error` and, when a value is at fault, its JSON path in `field`."
+        ),
+        "security": [{"probeToken": []}],
+        "parameters": [
+            {
+                "name": "Content-Encoding",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "enum": ["gzip", "identity"]},
+            }
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": batch}}},
+        "responses": {
+            "200": {
+                "description": "Stored now (`duplicate: false`), or already stored before (`duplicate: true`).",
+                "content": {"application/json": {"schema": ack}},
+            },
+            "400": _error("The body is not JSON, or says gzip but does not inflate."),
+            "401": _error(
+                "No bearer token, or one no probe has.",
+                {"WWW-Authenticate": {"schema": {"type": "string"}}},
+            ),
+            "403": _error("The token belongs to another probe than the batch's `probe_id`."),
+            "413": _error("The body (as sent or inflated) or the number of results exceeds the limits."),
+            "415": _error("Content-Type is not JSON, or Content-Encoding is neither gzip nor identity."),
+            "422": _error("JSON that is not a valid batch; `field` is the path of the value at fault."),
+            "500": _error("A bug in the collector (logged); retry later."),
+            "503": _error(
+                "The store could not commit; nothing was stored. Retry after the given seconds.",
+                {"Retry-After": {"schema": {"type": "integer"}}},
+            ),
+        },
+    }
+    filters = [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
+        for name, text in (
+            ("probe", "only this probe (totals then count this probe only)"),
+            ("target", "only this target name"),
+            ("kind", "only this measurement kind"),
+        )
+    ]
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "info": {
+            "title": "qiancheng collector",
+            "version": version,
+            "description": "Ingest of probe results, the latest results, health, and Prometheus metrics.",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "paths": {
+            RESULTS_PATH: {"post": results_post},
+            LATEST_PATH: {
+                "get": {
+                    "operationId": "getLatest",
+                    "summary": "The latest stored result of each (probe, target, kind), the probes, and totals",
+                    "parameters": filters,
+                    "responses": {
+                        "200": {"description": "From the store.", "content": {"application/json": {"schema": latest}}},
+                        "503": _error("The store cannot be read."),
+                    },
+                }
+            },
+            HEALTH_PATH: {
+                "get": {
+                    "operationId": "getHealth",
+                    "summary": "Health: the process is up and the store answers",
+                    "responses": {
+                        "200": {"description": "Healthy.", "content": {"application/json": {"schema": health}}},
+                        "503": {"description": "The store fails.", "content": {"application/json": {"schema": health}}},
+                    },
+                }
+            },
+            METRICS_PATH: {
+                "get": {
+                    "operationId": "getMetrics",
+                    "summary": "Prometheus metrics (text exposition format 0.0.4); see docs/metrics.md",
+                    "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                }
+            },
+            OPENAPI_PATH: {
+                "get": {
+                    "operationId": "getOpenApi",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {"type": "object"}}}}},
+                }
+            },
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "probeToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The probe's secret token; the collector keeps only its SHA-256.",
+                }
+            },
+        },
+    }

@@ -1,0 +1,369 @@
+"""SQLite store: one durable transaction per batch, in one writer thread; reads on a second connection.
+
+Durability: WAL journal with `synchronous=FULL`, so a COMMIT returns only after the WAL is fsynced
+and a batch acknowledged with 200 survives a crash or power loss. Idempotence: a batch is unique on
+(probe_id, batch_id) and a result on (probe_id, seq), so a retried batch, or a result re-sent inside
+another batch, is never stored twice.
+
+Threads: sqlite3 calls block, so they never run on the event loop. All writes go through one
+dedicated thread (ThreadPoolExecutor(max_workers=1)) that owns the write connection: SQLite allows one
+writer at a time anyway, and a queue in front of one thread serialises batches without lock waits.
+Reads use their own connection in a second thread; under WAL they never block the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from qiancheng.probes.result import Result, Target
+from qiancheng.probes.wire import Batch
+
+from . import BatchOutcome, ProbeRecord, StoredResult, StoreError
+
+__all__ = ["SqliteStore", "SCHEMA_VERSION"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS batches (
+    probe_id    TEXT    NOT NULL,
+    batch_id    TEXT    NOT NULL,
+    received_ns INTEGER NOT NULL,
+    results     INTEGER NOT NULL,   -- results the batch carried
+    stored      INTEGER NOT NULL,   -- of which new (the others were already stored by seq)
+    PRIMARY KEY (probe_id, batch_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS results (
+    probe_id         TEXT    NOT NULL,
+    seq              INTEGER NOT NULL,
+    batch_id         TEXT    NOT NULL,
+    city             TEXT    NOT NULL,
+    isp              TEXT    NOT NULL,
+    kind             TEXT    NOT NULL,
+    target_name      TEXT    NOT NULL,
+    target_address   TEXT    NOT NULL,
+    target_class     TEXT    NOT NULL,
+    start_ns         INTEGER NOT NULL,  -- when the test started, UTC ns: the result's true time
+    duration_seconds REAL    NOT NULL,
+    success          INTEGER NOT NULL,
+    error            TEXT,
+    detail           TEXT,
+    figures          TEXT    NOT NULL,  -- JSON object, base units
+    info             TEXT    NOT NULL,  -- JSON object
+    samples          TEXT    NOT NULL,  -- JSON array, seconds, null for a lost packet
+    received_ns      INTEGER NOT NULL,  -- when the collector stored it (late results differ a lot)
+    PRIMARY KEY (probe_id, seq)
+);
+-- one series over time (SLA windows, history of a target)
+CREATE INDEX IF NOT EXISTS results_series ON results (probe_id, target_name, kind, start_ns);
+
+-- the latest result (by start time, then seq) of each series, kept up to date in the batch's
+-- transaction, so that "latest per series" is a lookup rather than a scan of every result
+CREATE TABLE IF NOT EXISTS latest (
+    probe_id    TEXT    NOT NULL,
+    target_name TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    start_ns    INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    PRIMARY KEY (probe_id, target_name, kind)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS probes (
+    probe_id     TEXT    PRIMARY KEY,
+    city         TEXT    NOT NULL,
+    isp          TEXT    NOT NULL,
+    labels       TEXT    NOT NULL,   -- JSON object of the latest batch
+    stats        TEXT    NOT NULL,   -- JSON object of the latest batch (spool backlog, drops, ...)
+    last_seen_ns INTEGER NOT NULL,
+    batches      INTEGER NOT NULL,
+    results      INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+_INSERT_BATCH: Final = "INSERT INTO batches (probe_id, batch_id, received_ns, results, stored) VALUES (?, ?, ?, ?, ?)"
+_INSERT_RESULT: Final = (
+    "INSERT OR IGNORE INTO results (probe_id, seq, batch_id, city, isp, kind, target_name, target_address,"
+    " target_class, start_ns, duration_seconds, success, error, detail, figures, info, samples, received_ns)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_LATEST: Final = (
+    "INSERT INTO latest (probe_id, target_name, kind, start_ns, seq) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (probe_id, target_name, kind) DO UPDATE SET start_ns = excluded.start_ns, seq = excluded.seq"
+    " WHERE (excluded.start_ns, excluded.seq) > (latest.start_ns, latest.seq)"
+)
+_UPSERT_PROBE: Final = (
+    "INSERT INTO probes (probe_id, city, isp, labels, stats, last_seen_ns, batches, results)"
+    " VALUES (?, ?, ?, ?, ?, ?, 1, ?)"
+    " ON CONFLICT (probe_id) DO UPDATE SET city = excluded.city, isp = excluded.isp, labels = excluded.labels,"
+    " stats = excluded.stats, last_seen_ns = excluded.last_seen_ns, batches = batches + 1,"
+    " results = results + excluded.results"
+)
+_RESULT_COLUMNS: Final = (
+    "r.probe_id, r.city, r.isp, r.received_ns, r.kind, r.target_name, r.target_address, r.target_class,"
+    " r.start_ns, r.duration_seconds, r.success, r.error, r.detail, r.figures, r.info, r.samples, r.seq"
+)
+#: SQLite's default cap on bound parameters is 32766; stay well below it
+_IN_CHUNK: Final = 500
+
+_encode = msgspec.json.Encoder().encode
+_decode_figures = msgspec.json.Decoder(dict[str, float]).decode
+_decode_info = msgspec.json.Decoder(dict[str, str]).decode
+_decode_samples = msgspec.json.Decoder(list[float | None]).decode
+
+
+def _json(value: object) -> str:
+    return _encode(value).decode()
+
+
+def _result_row(batch: Batch, result: Result, received_ns: int) -> tuple[Any, ...]:
+    target = result.target
+    return (
+        batch.probe_id, result.seq, batch.batch_id, batch.city, batch.isp, result.kind,
+        target.name, target.address, target.target_class, result.start_ns, result.duration_seconds,
+        int(result.success), result.error, result.detail, _json(result.figures), _json(result.info),
+        _json(result.samples), received_ns,
+    )  # fmt: skip
+
+
+def _stored_result(row: Sequence[Any]) -> StoredResult:
+    (probe_id, city, isp, received_ns, kind, name, address, target_class, start_ns, duration, success,
+     error, detail, figures, info, samples, seq) = row  # fmt: skip
+    result = Result(
+        kind=kind,
+        target=Target(name=name, address=address, target_class=target_class),
+        start_ns=start_ns,
+        duration_seconds=duration,
+        success=bool(success),
+        error=error,
+        detail=detail,
+        figures=_decode_figures(figures),
+        info=_decode_info(info),
+        samples=_decode_samples(samples),
+        seq=seq,
+    )
+    return StoredResult(probe_id=probe_id, city=city, isp=isp, received_ns=received_ns, result=result)
+
+
+class SqliteStore:
+    """The SQLite backend of `Store`; open it with `await SqliteStore.open(path)`."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._write_db: sqlite3.Connection | None = None
+        self._read_db: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteStore:
+        """Open (creating if needed) the database at `path`; raises StoreError."""
+        store = cls(path)
+        try:
+            await store._run(store._writer, store._open_writer)
+            await store._run(store._reader, store._open_reader)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def _run(self, executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, work)
+        except sqlite3.Error as error:
+            raise StoreError(f"sqlite {self.path}: {error}") from error
+
+    # -- the writer thread ---------------------------------------------------------------------------
+
+    def _open_writer(self) -> None:
+        if not Path(self.path).parent.is_dir():
+            raise StoreError(f"directory {str(Path(self.path).parent)!r} does not exist")
+        db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: we issue BEGIN/COMMIT
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"cannot use WAL journal on {self.path!r} (got {mode})")
+            db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit: a 200 means on disk
+            db.execute("PRAGMA busy_timeout=5000")  # an outside reader (sqlite3 CLI) may hold a lock briefly
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path!r} has schema {version}, newer than this collector's {SCHEMA_VERSION}")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        self._write_db = db
+
+    def _open_reader(self) -> None:
+        uri = Path(self.path).resolve().as_uri() + "?mode=ro"  # as_uri escapes `?` and `#` in the path
+        db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=5000")
+        self._read_db = db
+
+    def _write_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
+        db = self._write_db
+        assert db is not None
+        # IMMEDIATE takes the write lock now, so nothing can change between the checks and the inserts
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            seen = db.execute(
+                "SELECT 1 FROM batches WHERE probe_id = ? AND batch_id = ?", (batch.probe_id, batch.batch_id)
+            ).fetchone()
+            if seen is not None:
+                db.execute("ROLLBACK")
+                return BatchOutcome(duplicate=True)
+            existing = self._stored_starts(db, batch.probe_id, [r.seq for r in batch.results])
+            new: list[Result] = []
+            conflicts = 0
+            for result in batch.results:
+                stored_start = existing.get(result.seq)
+                if stored_start is None:
+                    existing[result.seq] = result.start_ns  # a seq repeated inside the batch is stored once
+                    new.append(result)
+                elif stored_start != result.start_ns:
+                    conflicts += 1
+            db.executemany(_INSERT_RESULT, [_result_row(batch, r, received_ns) for r in new])
+            db.executemany(
+                _UPSERT_LATEST,
+                [(batch.probe_id, r.target.name, r.kind, r.start_ns, r.seq) for r in _latest_per_series(new)],
+            )
+            db.execute(_INSERT_BATCH, (batch.probe_id, batch.batch_id, received_ns, len(batch.results), len(new)))
+            db.execute(
+                _UPSERT_PROBE,
+                (batch.probe_id, batch.city, batch.isp, _json(batch.labels), _json(batch.stats), received_ns, len(new)),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return BatchOutcome(duplicate=False, new=tuple(new), conflicts=conflicts)
+
+    @staticmethod
+    def _stored_starts(db: sqlite3.Connection, probe_id: str, seqs: list[int]) -> dict[int, int]:
+        """seq → start_ns of those of `seqs` this probe already stored (normally none: seqs are fresh)."""
+        if not seqs:
+            return {}
+        low, high = min(seqs), max(seqs)
+        if high - low < 2 * len(seqs):  # the usual dense run: one range scan of the primary key
+            rows: Iterable[tuple[int, int]] = db.execute(
+                "SELECT seq, start_ns FROM results WHERE probe_id = ? AND seq BETWEEN ? AND ?", (probe_id, low, high)
+            )
+            return dict(rows)
+        found: dict[int, int] = {}
+        unique = sorted(set(seqs))
+        for start in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(db.execute(f"SELECT seq, start_ns FROM results WHERE probe_id = ? AND seq IN ({marks})",
+                                    (probe_id, *chunk)))  # fmt: skip
+        return found
+
+    def _close_writer(self) -> None:
+        if self._write_db is not None:
+            self._write_db.close()
+            self._write_db = None
+
+    # -- the reader thread ---------------------------------------------------------------------------
+
+    def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        assert self._read_db is not None
+        return self._read_db.execute(sql, parameters).fetchall()
+
+    def _close_reader(self) -> None:
+        if self._read_db is not None:
+            self._read_db.close()
+            self._read_db = None
+
+    # -- the Store protocol --------------------------------------------------------------------------
+
+    async def store_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
+        """Store a batch in one transaction; returns once the commit is on disk."""
+        return await self._run(self._writer, lambda: self._write_batch(batch, received_ns))
+
+    async def latest(
+        self, probe_id: str | None = None, target: str | None = None, kind: str | None = None
+    ) -> list[StoredResult]:
+        """The latest result of each (probe, target, kind), optionally filtered."""
+        sql = (
+            f"SELECT {_RESULT_COLUMNS} FROM latest l JOIN results r ON r.probe_id = l.probe_id AND r.seq = l.seq"
+            " WHERE (?1 IS NULL OR l.probe_id = ?1) AND (?2 IS NULL OR l.target_name = ?2) AND (?3 IS NULL OR l.kind = ?3)"
+            " ORDER BY l.probe_id, l.target_name, l.kind"
+        )
+        rows = await self._run(self._reader, lambda: self._read(sql, (probe_id, target, kind)))
+        return [_stored_result(row) for row in rows]
+
+    async def probes(self, probe_id: str | None = None) -> list[ProbeRecord]:
+        """Every probe that stored a batch (or the one asked for)."""
+        sql = (
+            "SELECT probe_id, city, isp, labels, stats, last_seen_ns, batches, results FROM probes"
+            " WHERE (?1 IS NULL OR probe_id = ?1) ORDER BY probe_id"
+        )
+        rows = await self._run(self._reader, lambda: self._read(sql, (probe_id,)))
+        return [
+            ProbeRecord(
+                probe_id=p, city=c, isp=i, labels=_decode_info(labels), stats=_decode_figures(stats),
+                last_seen_ns=seen, batches=batches, results=results,
+            )
+            for p, c, i, labels, stats, seen, batches, results in rows
+        ]  # fmt: skip
+
+    async def count(self, probe_id: str | None = None) -> int:
+        """Results stored (a full count: for tests and checks, not for every request)."""
+        sql = "SELECT COUNT(*) FROM results WHERE (?1 IS NULL OR probe_id = ?1)"
+        rows = await self._run(self._reader, lambda: self._read(sql, (probe_id,)))
+        return int(rows[0][0])
+
+    async def results_for(self, probe_id: str) -> list[StoredResult]:
+        """Every stored result of one probe, by seq."""
+        sql = f"SELECT {_RESULT_COLUMNS} FROM results r WHERE r.probe_id = ? ORDER BY r.seq"
+        rows = await self._run(self._reader, lambda: self._read(sql, (probe_id,)))
+        return [_stored_result(row) for row in rows]
+
+    async def healthy(self) -> bool:
+        """True if a trivial read on the store succeeds."""
+        if self._closed:
+            return False
+        try:
+            await self._run(self._reader, lambda: self._read("SELECT 1 FROM probes LIMIT 1"))
+        except StoreError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Let queued writes commit, then close both connections and threads."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        # jobs run in order in each single-thread executor, so every queued batch commits before this;
+        # the writer closes last, so that it checkpoints the WAL into the database file
+        await loop.run_in_executor(self._reader, self._close_reader)
+        await loop.run_in_executor(self._writer, self._close_writer)
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+
+
+def _latest_per_series(results: Iterable[Result]) -> list[Result]:
+    """The result with the greatest (start_ns, seq) of each (target name, kind) among `results`."""
+    best: dict[tuple[str, str], Result] = {}
+    for result in results:
+        key = (result.target.name, result.kind)
+        current = best.get(key)
+        if current is None or (result.start_ns, result.seq) > (current.start_ns, current.seq):
+            best[key] = result
+    return list(best.values())

@@ -1,0 +1,122 @@
+"""The long-running probe: scheduler → spool → uploader, with SIGHUP reload and a bounded SIGTERM stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from . import __version__, logs
+from .config import Job, ProbeConfig, load_probe_config
+from .errors import ConfigError
+from .logs import kv
+from .result import Result
+from .scheduler import Scheduler
+from .spool import Spool
+from .uploader import Uploader
+
+__all__ = ["Agent", "run_agent"]
+
+log = logging.getLogger("qiancheng.agent")
+
+
+class Agent:
+    """Owns one spool, one HTTP session, one uploader and one scheduler for the life of the process."""
+
+    def __init__(self, config: ProbeConfig) -> None:
+        self.config = config
+        self._stop = asyncio.Event()
+        self._spool: Spool | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._uploader: Uploader | None = None
+        self._upload_task: asyncio.Task[None] | None = None
+        self._scheduler: Scheduler | None = None
+
+    def _make_uploader(self, spool: Spool, session: aiohttp.ClientSession) -> Uploader:
+        c = self.config
+        return Uploader(
+            spool=spool,
+            session=session,
+            url=c.collector.url,
+            token=c.token,
+            probe_id=c.probe.id,
+            city=c.probe.city,
+            isp=c.probe.isp,
+            labels=dict(c.probe.labels),
+            batch_max_results=c.collector.batch_max_results,
+            batch_max_age=float(c.collector.batch_max_age),
+            request_timeout=float(c.collector.timeout),
+            backoff_base=float(c.collector.backoff_base),
+            backoff_cap=float(c.collector.backoff_cap),
+        )
+
+    async def _record(self, job: Job, result: Result) -> None:
+        """The scheduler's sink: a result counts as measured once the spool has committed it."""
+        assert self._spool is not None and self._uploader is not None
+        await self._spool.add(result)
+        self._uploader.notify()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        c = self.config
+        Path(c.spool.path).parent.mkdir(parents=True, exist_ok=True)
+        self._spool = Spool(c.spool.path, max_bytes=int(c.spool.max_bytes))
+        self._session = aiohttp.ClientSession(headers={"User-Agent": f"qiancheng-probe/{__version__}"})
+        self._uploader = self._make_uploader(self._spool, self._session)
+        self._upload_task = asyncio.create_task(self._uploader.run(), name="uploader")
+        self._scheduler = Scheduler(c.probe.id, self._record, c.scheduler.max_concurrency)
+        self._scheduler.apply(c.jobs)
+        counters = await self._spool.counters()
+        log.info(kv("probe_started", probe=c.probe.id, city=c.probe.city, isp=c.probe.isp, jobs=len(c.jobs),
+                    collector=c.collector.url, spool=c.spool.path, backlog=counters.backlog, version=__version__))
+        await self._stop.wait()
+        return await self._shutdown()
+
+    async def reload(self) -> None:
+        """SIGHUP: apply a new config if it is valid; keep running the old one otherwise."""
+        try:
+            new = load_probe_config(self.config.file)
+        except ConfigError as error:
+            log.error(kv("reload_refused", reason=str(error)))
+            return
+        assert self._scheduler is not None and self._spool is not None and self._session is not None
+        old, self.config = self.config, new
+        if new.spool != old.spool:
+            log.warning(kv("reload_spool_unchanged", reason="spool settings take effect at the next start"))
+        if (new.collector, new.token, new.probe) != (old.collector, old.token, old.probe):
+            # The spool keeps every result; only the uploader that sends them is replaced.
+            assert self._uploader is not None and self._upload_task is not None
+            self._uploader.stop()
+            await asyncio.gather(self._upload_task, return_exceptions=True)
+            self._uploader = self._make_uploader(self._spool, self._session)
+            self._upload_task = asyncio.create_task(self._uploader.run(), name="uploader")
+        self._scheduler.apply(new.jobs, probe_id=new.probe.id)
+        log.info(kv("reloaded", jobs=len(new.jobs)))
+
+    async def _shutdown(self) -> int:
+        """Stop measuring, push what the flush budget allows, close; all within 5 s of SIGTERM."""
+        assert self._scheduler and self._uploader and self._upload_task and self._spool and self._session
+        await self._scheduler.stop()
+        remaining = await self._uploader.flush(float(self.config.scheduler.shutdown_flush))
+        self._uploader.stop()
+        await asyncio.gather(self._upload_task, return_exceptions=True)
+        counters = await self._spool.counters()
+        await self._session.close()
+        self._spool.close()
+        log.info(kv("probe_stopped", tests=self._scheduler.tests_run, left_in_spool=remaining,
+                    measured_total=counters.measured_total, acked_total=counters.acked_total,
+                    dropped_total=counters.dropped_total))
+        return 0
+
+
+async def run_agent(config: ProbeConfig) -> int:
+    """Entry point of `qiancheng-probe run`."""
+    logs.setup(config.log_level)
+    return await Agent(config).run()

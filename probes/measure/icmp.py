@@ -1,0 +1,280 @@
+"""ICMP echo train (kind `icmp`): `count` echo requests, one every `packet_interval`, RTT per packet.
+
+Sockets. One ICMP socket per IP family and event loop is shared by every train, so a thousand targets
+cost two file descriptors and one reader, not a thousand sockets each seeing every reply. It is a raw
+socket when the probe has root or CAP_NET_RAW, else a ping socket (SOCK_DGRAM, allowed by the
+`net.ipv4.ping_group_range` sysctl); with neither the result fails with reason `permission` and says
+how to grant it. Replies are routed to their train by (source address, sequence number) and checked
+against a per-train token in the payload, so stray or stale replies are never counted.
+
+Timing. The send time is a clock read right before `sendto()`; the arrival time is the kernel's receive
+timestamp (SO_TIMESTAMPNS), so a busy event loop does not add to the RTT. Both are CLOCK_REALTIME, so
+the pair is checked against the monotonic pair, which is used if a clock step made them disagree.
+
+Counting (RFC 7680 / RFC 2681). A packet is lost unless its reply came within `timeout` of its send.
+A reply after that is counted in `late`, a second reply to the same packet in `duplicates`; neither
+changes loss nor adds a sample. The train ends when every packet is answered or the last one timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import random
+import socket
+import struct
+import time
+import weakref
+from dataclasses import dataclass, field
+
+from ..clock import monotonic, wall_ns
+from ..errors import MeasurementError
+from ..result import Result, Target
+from ..settings import IcmpSettings
+from ..stats import train_stats
+from .addresses import UNREACHABLE_ERRNOS, enable_receive_timestamps, kernel_timestamp_ns, resolve, split_host_port
+from .icmp_packet import ECHO_REPLY, build_echo_request, parse_echo_reply
+
+__all__ = ["measure"]
+
+KIND = "icmp"
+
+_PROTOCOLS = {socket.AF_INET: socket.IPPROTO_ICMP, socket.AF_INET6: socket.IPPROTO_ICMPV6}
+_VERSIONS = {socket.AF_INET: 4, socket.AF_INET6: 6}
+_TOKEN_BYTES = 8
+_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # room for a burst of replies from a thousand targets
+_READS_PER_WAKEUP = 256
+# Kernel-side filters of raw sockets: a set bit blocks that ICMP type (linux/icmp.h, linux/icmpv6.h).
+_SOL_RAW, _ICMP_FILTER, _ICMP6_FILTER = 255, 1, 1
+_PERMISSION_HINT = (
+    "ICMP needs root or CAP_NET_RAW (setcap cap_net_raw+ep on the interpreter, or AmbientCapabilities="
+    "CAP_NET_RAW in the systemd unit), or net.ipv4.ping_group_range covering the probe's group"
+)
+
+
+@dataclass(eq=False, slots=True)
+class _Train:
+    """The state of one train: send times, samples and counts, filled in by the shared socket."""
+
+    count: int
+    timeout: float
+    token: bytes
+    sent_wall_ns: list[int] = field(default_factory=list)
+    sent_perf_ns: list[int] = field(default_factory=list)
+    samples: list[float | None] = field(default_factory=list)
+    answered: set[int] = field(default_factory=set)
+    duplicates: int = 0
+    late: int = 0
+    received: int = 0
+    complete: asyncio.Future[None] | None = None
+
+    def reply(self, index: int, payload: bytes, kernel_ns: int | None, perf_ns: int) -> None:
+        if index >= len(self.sent_perf_ns) or not payload.startswith(self.token):
+            return  # not ours: a stale reply reusing a sequence number, or a corrupted one
+        if index in self.answered:
+            self.duplicates += 1
+            return
+        self.answered.add(index)
+        seconds = (perf_ns - self.sent_perf_ns[index]) / 1e9
+        if kernel_ns is not None:
+            kernel_seconds = (kernel_ns - self.sent_wall_ns[index]) / 1e9
+            # The kernel stamped the reply before we read it; outside 0..seconds the wall clock stepped.
+            if 0 <= kernel_seconds <= seconds:
+                seconds = kernel_seconds
+        if seconds > self.timeout:
+            self.late += 1
+            return
+        self.samples[index] = seconds
+        self.received += 1
+        if self.received == self.count and self.complete is not None and not self.complete.done():
+            self.complete.set_result(None)
+
+
+class _EchoSocket:
+    """The ICMP socket of one family on one event loop, shared by all trains while any is running."""
+
+    def __init__(self, family: socket.AddressFamily, loop: asyncio.AbstractEventLoop) -> None:
+        self.family = family
+        self.version = _VERSIONS[family]
+        self._loop = loop
+        self.sock, self.mode = _open(family)
+        self.identifier = random.getrandbits(16)  # dgram sockets: the kernel sets and checks its own
+        self._next_sequence = random.getrandbits(16)
+        self._routes: dict[tuple[str, int], tuple[_Train, int]] = {}
+        self.users = 0
+        loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def register(self, address: str, train: _Train) -> list[int]:
+        """Reserve `train.count` sequence numbers for packets to `address` and route their replies."""
+        first = self._next_sequence
+        self._next_sequence = (first + train.count) & 0xFFFF
+        sequences = [(first + i) & 0xFFFF for i in range(train.count)]
+        for index, sequence in enumerate(sequences):
+            self._routes[(address, sequence)] = (train, index)
+        return sequences
+
+    def unregister(self, address: str, sequences: list[int], train: _Train) -> None:
+        for sequence in sequences:
+            if self._routes.get((address, sequence), (None, 0))[0] is train:
+                del self._routes[(address, sequence)]
+
+    def send(self, address: str, sequence: int, payload: bytes) -> tuple[int, int]:
+        """Send one echo request; returns the (wall, monotonic) clock reads taken right before it left."""
+        packet = build_echo_request(self.version, self.identifier, sequence, payload)
+        sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
+        self.sock.sendto(packet, (address, 0))
+        return sent_wall_ns, sent_perf_ns
+
+    def _on_readable(self) -> None:
+        with_ip_header = self.mode == "raw" and self.version == 4
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                data, ancillary, _, source = self.sock.recvmsg(65_535, socket.CMSG_SPACE(16))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error queued on the socket; the packet it concerns times out
+            perf_ns = time.perf_counter_ns()
+            echo = parse_echo_reply(self.version, data, with_ip_header)
+            if echo is None or (self.mode == "raw" and echo.identifier != self.identifier):
+                continue
+            route = self._routes.get((_normal_address(source[0]), echo.sequence))
+            if route is not None:
+                train, index = route
+                train.reply(index, echo.payload, kernel_timestamp_ns(ancillary), perf_ns)
+
+
+def _open(family: socket.AddressFamily) -> tuple[socket.socket, str]:
+    """A raw ICMP socket if allowed, else a ping socket; MeasurementError `permission` if neither is."""
+    protocol = _PROTOCOLS[family]
+    try:
+        sock, mode = socket.socket(family, socket.SOCK_RAW, protocol), "raw"
+    except PermissionError:
+        try:
+            sock, mode = socket.socket(family, socket.SOCK_DGRAM, protocol), "dgram"
+        except PermissionError:
+            raise MeasurementError("permission", _PERMISSION_HINT) from None
+    except OSError as error:
+        raise MeasurementError("error", f"cannot open an ICMP socket: {error}") from None
+    sock.setblocking(False)
+    enable_receive_timestamps(sock)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER_BYTES)
+        if mode == "raw" and family == socket.AF_INET:
+            sock.setsockopt(_SOL_RAW, _ICMP_FILTER, struct.pack("I", 0xFFFFFFFF & ~(1 << ECHO_REPLY[4])))
+        elif mode == "raw":
+            blocked = [0xFFFFFFFF] * 8
+            blocked[ECHO_REPLY[6] >> 5] &= ~(1 << (ECHO_REPLY[6] & 31))
+            sock.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER, struct.pack("8I", *blocked))
+    except OSError:
+        pass  # an optimisation only: replies are filtered in user space as well
+    return sock, mode
+
+
+def _normal_address(text: str) -> str:
+    """The canonical text of an address as received (IPv6 zone dropped), to match what was sent to."""
+    try:
+        return str(ipaddress.ip_address(text.partition("%")[0]))
+    except ValueError:
+        return text
+
+
+_sockets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _EchoSocket]] = weakref.WeakKeyDictionary()
+
+
+def _acquire(family: socket.AddressFamily) -> _EchoSocket:
+    loop = asyncio.get_running_loop()
+    per_loop = _sockets.setdefault(loop, {})
+    echo = per_loop.get(family)
+    if echo is None:
+        echo = per_loop[family] = _EchoSocket(family, loop)
+    echo.users += 1
+    return echo
+
+
+def _release(echo: _EchoSocket) -> None:
+    echo.users -= 1
+    if echo.users == 0:
+        _sockets.get(echo._loop, {}).pop(echo.family, None)
+        echo.close()
+
+
+def socket_mode(family: socket.AddressFamily = socket.AF_INET) -> str:
+    """`raw` or `dgram`: the socket this probe would use; MeasurementError `permission` if none."""
+    sock, mode = _open(family)
+    sock.close()
+    return mode
+
+
+async def measure(target: Target, settings: IcmpSettings) -> Result:
+    """One echo train; a result with per-packet samples and train statistics."""
+    start_ns, started = wall_ns(), monotonic()
+    try:
+        host, _ = split_host_port(target.address, 0)
+    except ValueError as error:
+        raise MeasurementError("error", str(error)) from None
+    family, address = await resolve(host, 0, settings.family, socket.SOCK_DGRAM)
+    loop = asyncio.get_running_loop()
+    train = _Train(settings.count, float(settings.timeout), os.urandom(_TOKEN_BYTES))
+    train.complete = loop.create_future()
+    train.samples = [None] * settings.count
+    payload = train.token + bytes(i & 0xFF for i in range(settings.size - _TOKEN_BYTES))
+    echo = _acquire(family)
+    sequences = echo.register(address, train)
+    send_errors: list[OSError] = []
+    try:
+        first_send = loop.time()
+        for index, sequence in enumerate(sequences):
+            delay = first_send + index * float(settings.packet_interval) - loop.time()
+            if index and delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                sent_wall_ns, sent_perf_ns = echo.send(address, sequence, payload)
+            except (BlockingIOError, InterruptedError) as error:  # a full send buffer: the packet is lost
+                send_errors.append(error)
+                sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
+            except OSError as error:
+                if error.errno in UNREACHABLE_ERRNOS and index == 0:
+                    raise MeasurementError("unreachable", f"{address}: {error.strerror}") from None
+                send_errors.append(error)  # e.g. EPERM from a firewall: this packet is lost
+                sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
+            train.sent_wall_ns.append(sent_wall_ns)
+            train.sent_perf_ns.append(sent_perf_ns)
+        last_deadline = (train.sent_perf_ns[-1] - time.perf_counter_ns()) / 1e9 + float(settings.timeout)
+        if last_deadline > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(train.complete), last_deadline)
+            except TimeoutError:
+                pass
+    finally:
+        echo.unregister(address, sequences, train)
+        _release(echo)
+
+    stats = train_stats(train.samples, duplicates=train.duplicates, late=train.late)
+    info = {"address": address, "socket": echo.mode, "size_bytes": str(settings.size)}
+    error = detail = None
+    if stats.received == 0:
+        error = "loss"
+        detail = f"no reply from {address} to {settings.count} echo requests within {float(settings.timeout):g} s"
+        if send_errors:
+            detail += f" ({len(send_errors)} not sent: {send_errors[0].strerror or send_errors[0]})"
+    elif send_errors:
+        info["send_errors"] = f"{len(send_errors)}: {send_errors[0].strerror or errno.errorcode.get(send_errors[0].errno or 0, '')}"
+    return Result(
+        kind=KIND,
+        target=target,
+        start_ns=start_ns,
+        duration_seconds=max(0.0, monotonic() - started),
+        success=error is None,
+        error=error,
+        detail=detail,
+        figures=stats.figures(),
+        info=info,
+        samples=train.samples,
+    )

@@ -1,0 +1,255 @@
+"""HTTP service: download and upload of any size in bounded memory, ping, health; errors are JSON.
+
+Routes (sizes in bytes, durations in seconds):
+- `GET /download?bytes=N`: N bytes of incompressible data, with Content-Length, never cached.
+- `POST /upload`: reads and discards the body; answers `{"bytes": n, "duration_seconds": d}` where d
+  runs from the first body byte's arrival to the last one's (0 for a body that arrives in one read).
+- `GET /ping`: `pong`, for HTTP timing tests.
+- `GET /healthz`: `{"status": "ok", ...}` with the transfers in flight.
+
+Downloads and uploads share `max_concurrent_transfers` slots; past it a request gets 503 with
+Retry-After rather than queueing, so a measurement never silently waits behind others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..clock import monotonic
+from ..logs import kv
+from .config import ResponderLimits
+
+__all__ = ["TransferSlots", "make_app", "CHUNK_BYTES", "RETRY_AFTER_SECONDS"]
+
+log = logging.getLogger("qiancheng.responder.http")
+
+# One chunk, written again and again: 1 MiB keeps the per-write overhead (a Python call, a drain
+# check) near 1000 calls per GiB, far below what 1-10 Gbit/s needs, while memory stays constant.
+CHUNK_BYTES = 1024 * 1024
+RETRY_AFTER_SECONDS = 1
+# aiohttp reads request bodies in pieces of this size at most (its default is 256 KiB); bigger
+# pieces mean fewer wake-ups per uploaded GiB. Flow control still bounds what is buffered.
+READ_BUFFER_BYTES = 1024 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class TransferSlots:
+    """A counter of downloads and uploads in flight, refusing past `limit` instead of queueing."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def full(self) -> bool:
+        """True when one more transfer would exceed the limit."""
+        return self.active >= self.limit
+
+    def acquire(self) -> bool:
+        """Take a slot if one is free; True on success (release it with `release`)."""
+        if self.full():
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.active -= 1
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What the handlers share: limits, the slots, and the one chunk downloads are made of."""
+
+    limits: ResponderLimits
+    slots: TransferSlots
+    chunk: memoryview
+
+
+_STATE = web.AppKey("responder_state", _State)
+
+
+def _error(status: int, message: str, field: str = "", headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON error body `{"error": ..., "field": ...}` with `status`."""
+    body: dict[str, object] = {"error": message}
+    if field:
+        body["field"] = field
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def _busy(slots: TransferSlots) -> web.Response:
+    return _error(
+        503,
+        f"busy: {slots.limit} transfers already in flight (max_concurrent_transfers)",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, ...) as JSON too, so clients parse one error shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        allow = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
+        return _error(error.status, error.reason, headers=allow)
+
+
+def _download_size(request: web.Request, limits: ResponderLimits) -> int | web.Response:
+    """The `bytes` query parameter, or the 4xx response explaining why it cannot be used."""
+    text = request.query.get("bytes")
+    if text is None:
+        return _error(400, "give the number of bytes to send: /download?bytes=N", field="bytes")
+    if not (text.isascii() and text.isdigit()):
+        return _error(400, f"bytes must be a whole number ≥ 0, got {text[:40]!r}", field="bytes")
+    # Past 19 digits the number is over any cap; checking first also keeps int() off a huge string.
+    size = int(text) if len(text) <= 19 else limits.max_download_bytes + 1
+    if size > limits.max_download_bytes:
+        return _error(
+            400, f"bytes must be at most {int(limits.max_download_bytes)} (max_download_bytes)", field="bytes"
+        )
+    return size
+
+
+async def _download(request: web.Request) -> web.StreamResponse:
+    state = request.app[_STATE]
+    size = _download_size(request, state.limits)
+    if isinstance(size, web.Response):
+        return size
+    if not state.slots.acquire():
+        return _busy(state.slots)
+    try:
+        return await _send(request, state, size)
+    finally:
+        state.slots.release()
+
+
+async def _send(request: web.Request, state: _State, size: int) -> web.StreamResponse:
+    """Stream `size` bytes made of the shared chunk; a stalled or lost peer ends it quietly."""
+    started, sent = monotonic(), 0
+    stall = float(state.limits.transfer_stall_timeout)
+    loop = asyncio.get_running_loop()
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"})
+    response.content_length = size
+    chunk, chunk_bytes = state.chunk, len(state.chunk)
+    try:
+        # One deadline moved forward after every write: cheaper than a wait_for (a task) per write.
+        async with asyncio.timeout(stall) as deadline:
+            await response.prepare(request)
+            while size - sent >= chunk_bytes:
+                await response.write(chunk)
+                sent += chunk_bytes
+                deadline.reschedule(loop.time() + stall)
+            if size > sent:
+                await response.write(chunk[: size - sent])
+                sent = size
+            await response.write_eof()
+        log.debug(kv("download_done", peer=request.remote, bytes=sent, seconds=monotonic() - started))
+    except TimeoutError:
+        log.info(kv("download_stalled", peer=request.remote, bytes=sent, of=size, stall_seconds=stall))
+        _drop_connection(request)
+    except ConnectionError:
+        log.debug(kv("download_aborted", peer=request.remote, bytes=sent, of=size))
+    # Also when the connection is gone: aiohttp's finish step meets the closed transport and lets it
+    # be, where a raised exception would be logged as a server error and answered with a 500.
+    return response
+
+
+async def _upload_expect(request: web.Request) -> web.StreamResponse | None:
+    """Answer `Expect: 100-continue` with the final refusal when the body would be refused anyway."""
+    state = request.app[_STATE]
+    refusal = _upload_refusal(request, state)
+    if refusal is not None:
+        refusal.force_close()
+        return refusal
+    if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own expect handler: the body has not started
+        return None
+    return _error(417, f"unknown Expect: {request.headers.get('Expect', '')[:40]!r}")
+
+
+def _upload_refusal(request: web.Request, state: _State) -> web.Response | None:
+    """413 for a declared length over the cap, 503 when every slot is taken, else None."""
+    length, cap = request.content_length, int(state.limits.max_upload_bytes)
+    if length is not None and length > cap:
+        return _error(413, f"body of {length} bytes is over max_upload_bytes ({cap})", field="body")
+    if state.slots.full():
+        return _busy(state.slots)
+    return None
+
+
+async def _upload(request: web.Request) -> web.StreamResponse:
+    state = request.app[_STATE]
+    refusal = _upload_refusal(request, state)
+    if refusal is not None:
+        refusal.force_close()  # the unread body must not be taken for the next request
+        return refusal
+    state.slots.acquire()
+    cap, stall = int(state.limits.max_upload_bytes), float(state.limits.transfer_stall_timeout)
+    loop = asyncio.get_running_loop()
+    received, first, last = 0, 0.0, 0.0
+    try:
+        async with asyncio.timeout(stall) as deadline:
+            while chunk := await request.content.readany():
+                last = monotonic()
+                if not received:
+                    first = last
+                received += len(chunk)
+                if received > cap:
+                    response = _error(413, f"body is over max_upload_bytes ({cap})", field="body")
+                    response.force_close()
+                    return response
+                deadline.reschedule(loop.time() + stall)
+    except TimeoutError:
+        log.info(kv("upload_stalled", peer=request.remote, bytes=received, stall_seconds=stall))
+        _drop_connection(request)
+        return _error(408, "upload stalled (transfer_stall_timeout)")  # for the log: nobody reads it
+    except ConnectionError:
+        log.debug(kv("upload_aborted", peer=request.remote, bytes=received))
+        return _error(400, "connection lost mid-body")
+    finally:
+        state.slots.release()
+    duration = last - first
+    log.debug(kv("upload_done", peer=request.remote, bytes=received, seconds=duration))
+    return web.json_response(
+        {"bytes": received, "duration_seconds": duration}, headers={"Cache-Control": "no-store"}
+    )
+
+
+def _drop_connection(request: web.Request) -> None:
+    """Close a connection whose transfer stalled: its state mid-body is of no use to anyone."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+async def _ping(request: web.Request) -> web.StreamResponse:
+    return web.Response(text="pong", headers={"Cache-Control": "no-store"})
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    slots = request.app[_STATE].slots
+    return web.json_response(
+        {"status": "ok", "transfers": slots.active, "max_concurrent_transfers": slots.limit},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def make_app(limits: ResponderLimits, chunk: bytes | None = None) -> web.Application:
+    """The HTTP service as an aiohttp application; `chunk` (default: 1 MiB random) feeds downloads."""
+    app = web.Application(middlewares=[_json_errors])
+    # Random bytes, so that no compression on the path (a proxy, a modem) inflates the throughput.
+    app[_STATE] = _State(limits, TransferSlots(limits.max_concurrent_transfers), memoryview(chunk or os.urandom(CHUNK_BYTES)))
+    app.router.add_get("/download", _download, allow_head=False)
+    app.router.add_post("/upload", _upload, expect_handler=_upload_expect)
+    app.router.add_get("/ping", _ping)
+    app.router.add_get("/healthz", _healthz)
+    return app
