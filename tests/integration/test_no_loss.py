@@ -37,7 +37,7 @@ def test_outages_restarts_and_kill9_lose_nothing(processes: Processes, tmp_path:
     targets = f"  - {{name: echo, address: '127.0.0.1:{responder.echo_port}', kinds: [tcp]}}\n" \
               f"  - {{name: web, address: 'http://127.0.0.1:{responder.http_port}/ping', kinds: [http]}}\n"
     configs = {
-        probe: probe_config(tmp_path / f"{probe}.yaml", probe, token, collector, targets, city=probe[:6], interval="500ms")
+        probe: probe_config(tmp_path / f"{probe}.yaml", probe, token, collector, targets, city=probe[:6], interval="1s")
         for probe, token in tokens.items()
     }
 
