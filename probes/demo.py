@@ -37,6 +37,20 @@ __all__ = ["main"]
 HOST = "127.0.0.1"
 COLLECTOR_PORT, HTTP_PORT, ECHO_PORT, DNS_PORT = 9310, 9311, 9312, 9353
 COLLECTOR = f"http://{HOST}:{COLLECTOR_PORT}"
+
+
+def _ipv6_loopback() -> bool:
+    """True if ::1 is usable here (some containers have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# The national hub is measured over IPv6 where the machine has it, as dual-stack hubs are.
+HUB = "::1" if _ipv6_loopback() else HOST
 PROBE_ID = "demo-lishui-01"
 
 
@@ -70,9 +84,11 @@ targets:
     class: cdn
     kinds: [http]
   - name: national-hub
-    address: "::1"
+    address: "{HUB}"
     class: national_hub
-    kinds: [icmp, tcp]
+    kinds:
+      icmp: {{}}
+      tcp: {{port: {ECHO_PORT}}}
   - name: dns-resolver
     address: {HOST}:{DNS_PORT}
     class: dns
@@ -93,6 +109,8 @@ probes:
 
 def _port_busy(port: int, kind: int = socket.SOCK_STREAM) -> bool:
     with socket.socket(socket.AF_INET, kind) as sock:
+        if kind == socket.SOCK_STREAM:  # as the servers do, so a previous run's TIME_WAIT does not count
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
             return False
@@ -188,7 +206,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     started = time.monotonic()
     try:
-        demo.start("responder", "qiancheng.probes.responder.main", "--listen", HOST)
+        listen = ["--listen", HOST] + (["--listen", HUB] if HUB != HOST else [])
+        demo.start("responder", "qiancheng.probes.responder.main", *listen)
         demo.start("collector", "qiancheng.collector.main", "--config", str(workdir / "collector.yaml"))
         if not _wait_http(f"{COLLECTOR}/healthz", 20):
             console.print(f"[red]demo: the collector did not come up; see {workdir / 'collector.log'}[/red]")
