@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -151,3 +152,20 @@ def wait_for(condition: Any, timeout: float, what: str, step: float = 0.2) -> No
             last = error
         time.sleep(step)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def probe_once_json(*args: str, setup: str = "", drop_net_raw: bool = False, timeout: float = 60) -> list[dict[str, Any]]:
+    """Run `qiancheng-probe once --json ARGS` and return its results.
+
+    With `setup`, the probe runs in a private network namespace (`unshare -n`) that has only loopback,
+    after the shell commands in `setup` (sysctls, nftables rules) have shaped it; nothing leaves it.
+    With `drop_net_raw`, CAP_NET_RAW is removed from the probe's bounding set, as for an unprivileged probe.
+    """
+    command = [PYTHON, "-m", "qiancheng.probes.cli", "once", "--json", *args]
+    if drop_net_raw:
+        command = [require_tool("setpriv"), "--bounding-set=-net_raw", *command]
+    if setup:
+        command = [require_tool("unshare"), "-n", "sh", "-ec", f"ip link set lo up\n{setup}\nexec \"$@\"", "sh", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode in (0, 1), f"exit {done.returncode}: {done.stderr}"
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

@@ -1,0 +1,61 @@
+"""ICMP echo packets: built and parsed bytes checked against scapy, which builds them independently."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest
+
+from qiancheng.probes.measure.icmp_packet import build_echo_request, checksum, parse_echo_reply
+
+PAYLOAD = bytes(range(56))
+
+
+def test_checksum_matches_rfc1071_example() -> None:
+    # RFC 1071 §3: the words 0001 f203 f4f5 f6f7 sum to ddf2; the checksum is its complement.
+    assert checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
+    assert checksum(bytes.fromhex("0001f203f4f5f6f7") + b"\x01") == 0xFFFF - 0xDEF2  # odd length pads a zero
+
+
+@pytest.mark.parametrize(("identifier", "sequence"), [(0, 0), (0x1234, 1), (0xFFFF, 0xFFFF), (7, 40000)])
+@pytest.mark.parametrize("payload", [PAYLOAD, PAYLOAD + b"x", b"\xff" * 16])
+def test_ipv4_echo_request_is_what_scapy_builds(identifier: int, sequence: int, payload: bytes) -> None:
+    expected = bytes(ICMP(type=8, code=0, id=identifier, seq=sequence) / payload)
+    assert build_echo_request(4, identifier, sequence, payload) == expected
+
+
+def test_ipv6_echo_request_leaves_the_checksum_to_the_kernel() -> None:
+    expected = bytes(ICMPv6EchoRequest(id=0x4242, seq=9, data=PAYLOAD, cksum=0))
+    assert build_echo_request(6, 0x4242, 9, PAYLOAD) == expected
+
+
+def test_ipv4_reply_with_ip_header_and_options_is_parsed() -> None:
+    plain = bytes(IP(src="127.0.0.1", dst="127.0.0.1") / ICMP(type=0, id=77, seq=1000) / PAYLOAD)
+    with_options = bytes(IP(src="127.0.0.1", dst="127.0.0.1", options=b"\x01\x01\x01\x00") / ICMP(type=0, id=77, seq=1000) / PAYLOAD)
+    assert with_options[0] & 0x0F == 6  # the option made the header 24 bytes long
+    for wire in (plain, with_options):
+        echo = parse_echo_reply(4, wire, with_ip_header=True)
+        assert echo is not None
+        assert (echo.identifier, echo.sequence, echo.payload) == (77, 1000, PAYLOAD)
+
+
+def test_ipv6_reply_is_parsed() -> None:
+    wire = bytes(ICMPv6EchoReply(id=5, seq=6, data=PAYLOAD, cksum=0))
+    echo = parse_echo_reply(6, wire, with_ip_header=False)
+    assert echo is not None and (echo.identifier, echo.sequence, echo.payload) == (5, 6, PAYLOAD)
+
+
+@pytest.mark.parametrize(
+    ("version", "wire", "with_ip_header"),
+    [
+        (4, bytes(ICMP(type=8, id=1, seq=1) / PAYLOAD), False),  # our own request, looped back
+        (4, bytes(ICMP(type=3, code=1) / PAYLOAD), False),  # host unreachable
+        (4, bytes(ICMP(type=0, code=1, id=1, seq=1)), False),  # a reply with a code that does not exist
+        (4, b"\x00\x00\x00", False),  # runt
+        (4, bytes(ICMP(type=0, id=1, seq=1)), True),  # claimed IP header missing
+        (6, bytes(ICMPv6EchoRequest(id=1, seq=1, cksum=0)), False),
+        (6, bytes(ICMP(type=0, id=1, seq=1)), False),  # an IPv4 reply type on an IPv6 socket
+    ],
+)
+def test_anything_but_an_echo_reply_is_ignored(version: int, wire: bytes, with_ip_header: bool) -> None:
+    assert parse_echo_reply(version, wire, with_ip_header) is None
