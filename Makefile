@@ -30,7 +30,7 @@ $(VENV)/.installed-test: pyproject.toml
 demo: $(BASE_ENV)
 	$(PY) -m qiancheng.probes.demo
 
-test: $(TEST_ENV)
+test: $(TEST_ENV) lint
 	bash tests/install-deps.sh
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
@@ -40,8 +40,12 @@ unit: $(TEST_ENV)
 integration: $(TEST_ENV)
 	$(PY) -m pytest -q tests/integration
 
+# mypy sees the package as installed: qiancheng/{probes,collector} as links to the source folders.
 lint: $(TEST_ENV)
-	$(PY) -m mypy probes collector
+	mkdir -p build/typecheck/qiancheng
+	ln -sfn ../../../probes build/typecheck/qiancheng/probes
+	ln -sfn ../../../collector build/typecheck/qiancheng/collector
+	cd build/typecheck && MYPYPATH=. $(abspath $(PY)) -m mypy --config-file ../../pyproject.toml --namespace-packages --explicit-package-bases -p qiancheng
 
 bench: $(BASE_ENV)
 	$(PY) bench/ingest.py

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from . import __version__, logs
+from .clock import wall_ns
 from .config import Job, ProbeConfig, load_probe_config
 from .errors import ConfigError
 from .logs import kv
@@ -34,6 +35,8 @@ class Agent:
         self._uploader: Uploader | None = None
         self._upload_task: asyncio.Task[None] | None = None
         self._scheduler: Scheduler | None = None
+        #: results the spool could not take (disk full, I/O error), each logged
+        self.spool_failures = 0
 
     def _make_uploader(self, spool: Spool, session: aiohttp.ClientSession) -> Uploader:
         c = self.config
@@ -56,7 +59,13 @@ class Agent:
     async def _record(self, job: Job, result: Result) -> None:
         """The scheduler's sink: a result counts as measured once the spool has committed it."""
         assert self._spool is not None and self._uploader is not None
-        await self._spool.add(result)
+        try:
+            await self._spool.add(result)
+        except Exception as error:  # noqa: BLE001 - a full or broken disk must not stop the scheduler
+            self.spool_failures += 1
+            log.error(kv("spool_add_failed", kind=result.kind, target=result.target.name,
+                         failures=self.spool_failures, error=f"{type(error).__name__}: {error}"))
+            return
         self._uploader.notify()
 
     async def run(self) -> int:
@@ -67,7 +76,9 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         c = self.config
         Path(c.spool.path).parent.mkdir(parents=True, exist_ok=True)
-        self._spool = Spool(c.spool.path, max_bytes=int(c.spool.max_bytes))
+        # A new spool numbers from the wall clock in microseconds, so a reinstalled box (empty spool, same
+        # probe id) continues above every seq the collector already holds instead of colliding with them.
+        self._spool = Spool(c.spool.path, max_bytes=int(c.spool.max_bytes), first_seq=wall_ns() // 1000)
         self._session = aiohttp.ClientSession(headers={"User-Agent": f"qiancheng-probe/{__version__}"})
         self._uploader = self._make_uploader(self._spool, self._session)
         self._upload_task = asyncio.create_task(self._uploader.run(), name="uploader")

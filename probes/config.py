@@ -46,7 +46,7 @@ class ProbeIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: Name
     city: Label
     isp: Label
-    labels: dict[LabelName, Label] = {}
+    labels: Annotated[dict[LabelName, Label], msgspec.Meta(max_length=16)] = {}  # as the wire format allows
 
 
 class CollectorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

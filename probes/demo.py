@@ -233,9 +233,8 @@ def main() -> int:
 
 def _watch(demo: Demo, console: Console, started: float, seconds: float, stop: Any) -> None:
     """Refresh the table every second until asked to stop, time is up, or a process dies."""
-    interactive = console.is_terminal
-    last_print = 0.0
-    with Live(console=console, auto_refresh=False, transient=False) if interactive else _NoLive() as live:
+    display = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else _Printer(console)
+    with display as live:
         while not stop() and not (seconds and time.monotonic() - started >= seconds):
             if (dead := demo.died()) is not None:
                 console.print(f"[red]demo: {dead} exited; see {demo.workdir / (dead + '.log')}[/red]")
@@ -244,20 +243,27 @@ def _watch(demo: Demo, console: Console, started: float, seconds: float, stop: A
                 view = _view(_get_json("/api/v1/latest"), started)
             except (OSError, ValueError) as error:
                 view = Group(Text(f"waiting for the collector: {error}"))
-            if interactive:
-                live.update(view, refresh=True)
-            elif time.monotonic() - last_print >= 10:
-                console.print(view)
-                last_print = time.monotonic()
+            live.update(view, refresh=True)
             time.sleep(1)
 
 
-class _NoLive:
-    def __enter__(self) -> _NoLive:
+class _Printer:
+    """Stands in for rich's Live when the output is not a terminal (a log, CI): a new table every 10 s."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._last = float("-inf")
+
+    def __enter__(self) -> _Printer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+    def update(self, view: Group, refresh: bool = True) -> None:
+        if time.monotonic() - self._last >= 10:
+            self._console.print(view)
+            self._last = time.monotonic()
 
 
 def _summary(workdir: Path) -> Text:

@@ -258,9 +258,10 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
 
     stats = train_stats(train.samples, duplicates=train.duplicates, late=train.late)
     info = {"address": address, "socket": echo.mode, "size_bytes": str(settings.size)}
-    error = detail = None
+    reason: str | None = None
+    detail: str | None = None
     if stats.received == 0:
-        error = "loss"
+        reason = "loss"
         detail = f"no reply from {address} to {settings.count} echo requests within {float(settings.timeout):g} s"
         if send_errors:
             detail += f" ({len(send_errors)} not sent: {send_errors[0].strerror or send_errors[0]})"
@@ -271,8 +272,8 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
         target=target,
         start_ns=start_ns,
         duration_seconds=max(0.0, monotonic() - started),
-        success=error is None,
-        error=error,
+        success=reason is None,
+        error=reason,
         detail=detail,
         figures=stats.figures(),
         info=info,

@@ -105,18 +105,19 @@ async def measure(target: Target, settings: TcpSettings) -> Result:
     info = {"address": shown}
     if failures:
         info["failures"] = ", ".join(f"{why} {n}" for why, n in failures.most_common())
-    error = detail = None
+    reason: str | None = None
+    detail: str | None = None
     if stats.received == 0:
         why = failures.most_common(1)[0][0]
-        error = why if why in ("refused", "unreachable", "timeout") else "error"
+        reason = why if why in ("refused", "unreachable", "timeout") else "error"
         detail = f"no connect to {shown} succeeded: {info['failures']}"
     return Result(
         kind=KIND,
         target=target,
         start_ns=start_ns,
         duration_seconds=max(0.0, monotonic() - started),
-        success=error is None,
-        error=error,
+        success=reason is None,
+        error=reason,
         detail=detail,
         figures=stats.figures(),
         info=info,

@@ -78,6 +78,15 @@ async def test_seq_is_monotonic_and_persists_across_reopen(make_spool: Callable[
     assert (counters.measured_total, counters.acked_total, counters.backlog) == (6, 5, 1)
 
 
+async def test_a_new_spool_numbers_from_first_seq_and_an_existing_one_goes_on(make_spool: Callable[..., Spool]) -> None:
+    # A reinstalled probe starts a new spool from the wall clock, above every seq it sent before.
+    spool = make_spool(first_seq=1_795_000_000_000_000)
+    assert [await spool.add(result(i)) for i in range(2)] == [1_795_000_000_000_000, 1_795_000_000_000_001]
+    spool.close()
+    reopened = make_spool(first_seq=5)
+    assert await reopened.add(result()) == 1_795_000_000_000_002
+
+
 async def test_file_is_wal_with_full_sync(make_spool: Callable[..., Spool], tmp_path: Path) -> None:
     spool = make_spool()
     await spool.add(result())
