@@ -115,7 +115,9 @@ class Spool:
         max_rejected_bytes: int | None = None,
         drop_log_interval: float = 60.0,
         clock: Callable[[], int] = wall_ns,
+        first_seq: int = 1,
     ) -> None:
+        """`first_seq` numbers the first result of a new spool file; an existing file goes on from its own."""
         if max_bytes <= 0:
             raise ValueError(f"spool max_bytes must be > 0, got {max_bytes}")
         self.path = Path(path)
@@ -124,6 +126,7 @@ class Spool:
         # fill the disk either: past this bound the oldest rejected rows go, with a log line.
         self.max_rejected_bytes = self.max_bytes // 4 if max_rejected_bytes is None else int(max_rejected_bytes)
         self._clock = clock
+        self._first_seq = first_seq
         self._drop_log_interval = drop_log_interval
         self._drops_unlogged = 0
         self._drops_unlogged_bytes = 0
@@ -205,6 +208,7 @@ class Spool:
             version = _meta(db)["schema_version"]
             if version == 0:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+                db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (self._first_seq - 1,))
             elif version != SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: spool schema {version}, this probe reads {SCHEMA_VERSION}")
         self._db = db
