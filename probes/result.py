@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Final
 
 import msgspec
 
+from .errors import QianchengError
+
 __all__ = [
+    "BadKey",
+    "FIGURE_PATTERN",
     "KINDS",
     "REASONS",
     "TARGET_CLASSES",
@@ -46,6 +51,38 @@ _figure_name = re.compile(FIGURE_PATTERN)
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 
+# The keys of `figures` and `info` are checked in Result.__post_init__, not by a `pattern` on the dict's key
+# type: msgspec runs that regex on every key of every result (about 70% of the time to decode an icmp
+# result), while the same few dozen names recur in every result, so a set of names already accepted
+# answers almost every key at C speed. The schema still documents the pattern.
+_KEYS_SCHEMA: Final = msgspec.Meta(extra_json_schema={"propertyNames": {"pattern": FIGURE_PATTERN}})
+_accepted_keys: set[str] = set()
+# bounds the memory a sender inventing fresh valid names can take; past it, new names are checked each time
+_MAX_ACCEPTED_KEYS: Final = 4096
+
+
+class BadKey(QianchengError, ValueError):
+    """A `figures` or `info` key that does not match FIGURE_PATTERN; `field` names the mapping."""
+
+    def __init__(self, field: str, key: object) -> None:
+        self.field = field
+        self.key = key
+        # a key is at most as long as the body that carried it: show its start and its length
+        shown = f"{key[:64]!r}... ({len(key)} characters)" if isinstance(key, str) and len(key) > 72 else repr(key)
+        super().__init__(f"Invalid key {shown}: expected `str` matching regex {FIGURE_PATTERN!r}")
+
+
+def _check_keys(field: str, mapping: Mapping[str, object]) -> None:
+    if mapping.keys() <= _accepted_keys:
+        return
+    for key in mapping:
+        if key in _accepted_keys:
+            continue
+        if not isinstance(key, str) or not is_figure_name(key):
+            raise BadKey(field, key)
+        if len(_accepted_keys) < _MAX_ACCEPTED_KEYS:
+            _accepted_keys.add(key)
+
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """What was measured: a name, an address (host, IP, host:port or URL) and a class such as `edge`."""
@@ -73,10 +110,16 @@ class Result(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     success: bool
     error: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] | None = None
     detail: Text | None = None
-    figures: dict[Annotated[str, msgspec.Meta(pattern=FIGURE_PATTERN)], float] = {}
-    info: dict[Annotated[str, msgspec.Meta(pattern=FIGURE_PATTERN)], Text] = {}
+    figures: Annotated[dict[str, float], _KEYS_SCHEMA] = {}
+    info: Annotated[dict[str, Text], _KEYS_SCHEMA] = {}
     samples: Annotated[list[float | None], msgspec.Meta(max_length=100_000)] = []
     seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    def __post_init__(self) -> None:
+        # msgspec also calls this after decoding (wire, spool), turning BadKey into a ValidationError at the
+        # result's path; decode_batch then narrows that path to the mapping
+        _check_keys("figures", self.figures)
+        _check_keys("info", self.info)
 
 
 def failure(
@@ -103,4 +146,5 @@ def failure(
 
 def is_figure_name(name: str) -> bool:
     """True if `name` may be used as a figure or info key."""
-    return _figure_name.match(name) is not None
+    # fullmatch: `$` alone would also accept a name followed by a newline
+    return _figure_name.fullmatch(name) is not None

@@ -6,7 +6,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-from .result import NAME_PATTERN, Result
+from .result import NAME_PATTERN, BadKey, Result
 
 __all__ = ["Batch", "RESULTS_PATH", "MAX_RESULTS_PER_BATCH", "encode_batch", "decode_batch"]
 
@@ -41,4 +41,12 @@ def encode_batch(batch: Batch) -> bytes:
 
 def decode_batch(body: bytes) -> Batch:
     """Parse and validate a batch; raises msgspec.ValidationError or msgspec.DecodeError with a `$.path`."""
-    return _decoder.decode(body)
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as error:
+        if not isinstance(bad := error.__cause__, BadKey):
+            raise
+        # msgspec names the result the key was found in (`$.results[3]`); name the mapping as well
+        _, at, path = str(error).rpartition(" - at `")
+        result_path = path.rstrip("`") if at else "$"
+        raise msgspec.ValidationError(f"{bad} - at `{result_path}.{bad.field}`") from None
