@@ -57,7 +57,7 @@ RETRY_AFTER_SECONDS = 5
 #: the wire format's per-key patterns, so ~25 ms for 1000 results, ~700 KiB of JSON)
 _DECODE_INLINE_BYTES = 256 * 1024
 _READ_CHUNK = 1 << 16
-_AT_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.S)
+_AT_PATH = re.compile(r"^(?P<reason>.*?)(?: - at (?:`(?P<key>key)` in )?`(?P<path>\$[^`]*)`)?$", re.S)
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 _MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
 _JSON_TYPES = ("application/json",)
@@ -89,6 +89,8 @@ def refusal_for_decode_error(error: msgspec.DecodeError) -> Refused:
     match = _AT_PATH.match(str(error))
     assert match is not None  # the pattern matches any text
     reason, path = match["reason"], match["path"] or "$"
+    if match["key"]:  # msgspec's way of saying a mapping's key (not a value) is bad
+        reason = f"bad key: {reason[:1].lower()}{reason[1:]}"
     if unknown := _UNKNOWN_FIELD.search(reason):
         path, reason = f"{path}.{unknown[1]}", f"unknown field {unknown[1]!r}"
     elif missing := _MISSING_FIELD.search(reason):

@@ -51,6 +51,9 @@ def refusal(body: bytes) -> Refused:
          "$.results[0].figures[...]", "expected `float`, got `str`"),
         (json.dumps(batch(results=[{**GOOD_RESULT, "duration_seconds": 1e999}])).encode().replace(b"Infinity", b"1e999"),
          422, "$.results[0].duration_seconds", "out of range"),
+        (json.dumps(batch(labels={"Site": "x"})).encode(), 422, "$.labels", "bad key: expected `str` matching regex"),
+        (json.dumps(batch(results=[{**GOOD_RESULT, "figures": {"Loss": 1.0}}])).encode(), 422,
+         "$.results[0].figures", "invalid key 'Loss'"),
     ],
 )  # fmt: skip
 def test_decode_errors_map_to_status_and_field(body: bytes, status: int, field: str, reason: str) -> None:
