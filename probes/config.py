@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
-LabelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+LabelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")]
 Label = Annotated[str, msgspec.Meta(max_length=128)]
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?)*\.?$")
@@ -80,7 +80,7 @@ class _TargetEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: Name
     address: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
     kinds: dict[str, dict[str, Any] | None] | list[str]
-    target_class: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = msgspec.field(
+    target_class: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")] = msgspec.field(
         default="edge", name="class"
     )
     labels: dict[LabelName, Label] = {}

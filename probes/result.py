@@ -44,8 +44,8 @@ REASONS: Final = (
     "error",  # anything else; `detail` says what
 )
 
-NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
-FIGURE_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$"
+NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$(?!\n)"
+FIGURE_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$(?!\n)"
 _figure_name = re.compile(FIGURE_PATTERN)
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
@@ -89,7 +89,7 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
 
     name: Name
     address: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
-    target_class: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = msgspec.field(
+    target_class: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")] = msgspec.field(
         default="edge", name="class"
     )
 
@@ -103,12 +103,12 @@ class Result(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     `seq` is 0 until the spool numbers the result.
     """
 
-    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")]
     target: Target
     start_ns: Annotated[int, msgspec.Meta(ge=0)]
     duration_seconds: Annotated[float, msgspec.Meta(ge=0)]
     success: bool
-    error: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] | None = None
+    error: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")] | None = None
     detail: Text | None = None
     figures: Annotated[dict[str, float], _KEYS_SCHEMA] = {}
     info: Annotated[dict[str, Text], _KEYS_SCHEMA] = {}

@@ -14,14 +14,14 @@ RESULTS_PATH: Final = "/api/v1/results"
 MAX_RESULTS_PER_BATCH: Final = 10_000
 
 Label = Annotated[str, msgspec.Meta(max_length=128)]
-LabelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+LabelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")]
 
 
 class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """A probe's upload: its identity, a unique batch id kept across retries, and numbered results."""
 
     probe_id: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
-    batch_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{8,64}$")]
+    batch_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{8,64}$(?!\n)")]
     results: Annotated[list[Result], msgspec.Meta(max_length=MAX_RESULTS_PER_BATCH)]
     city: Label = ""
     isp: Label = ""

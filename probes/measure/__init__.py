@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -49,7 +50,7 @@ async def run(kind: str, target: Target, settings: KindSettings) -> Result:
     start_ns, started = wall_ns(), monotonic()
     try:
         function = measure_fn(kind)
-        return await asyncio.wait_for(
+        result = await asyncio.wait_for(
             function(target, settings), settings.max_duration() + _DEADLINE_GRACE_SECONDS
         )
     except MeasurementError as error:
@@ -60,3 +61,7 @@ async def run(kind: str, target: Target, settings: KindSettings) -> Result:
         return failure(kind, target, start_ns, monotonic() - started, "permission", str(error))
     except Exception as error:  # noqa: BLE001 - a target must never stop the scheduler
         return failure(kind, target, start_ns, monotonic() - started, "error", f"{type(error).__name__}: {error}")
+    # JSON has no NaN or infinity: such a figure would travel as null and be refused by the collector.
+    if bad := sorted(name for name, value in result.figures.items() if not math.isfinite(value)):
+        return failure(kind, target, start_ns, monotonic() - started, "error", f"non-finite figures: {', '.join(bad)}")
+    return result

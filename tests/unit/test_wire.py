@@ -255,3 +255,23 @@ def test_at_most_max_results_per_batch() -> None:
     assert len(decode_batch(body(*[minimal] * MAX_RESULTS_PER_BATCH)).results) == MAX_RESULTS_PER_BATCH
     message, at = refused(body(*[minimal] * (MAX_RESULTS_PER_BATCH + 1)))
     assert (at, message) == ("$.results", f"Expected `array` of length <= {MAX_RESULTS_PER_BATCH}")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "path"),
+    [
+        ("probe_id", "p1\n", "$.probe_id"),
+        ("batch_id", "abcdefgh\n", "$.batch_id"),
+        ("labels", {"site\n": "x"}, "$.labels"),
+    ],
+)
+def test_a_trailing_newline_never_passes_a_name_pattern(field: str, value: object, path: str) -> None:
+    batch = {"probe_id": "p1", "batch_id": "abcdefgh", "results": [], field: value}
+    with pytest.raises(msgspec.ValidationError, match="matching regex") as caught:
+        decode_batch(msgspec.json.encode(batch))
+    assert path in str(caught.value)
+
+
+def test_a_trailing_newline_in_a_kind_is_refused() -> None:
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.results\[0\]\.kind"):
+        decode_batch(body(result(kind="icmp\n")))

@@ -1,0 +1,60 @@
+"""measure.run(): whatever a kind does, the scheduler gets a result, with a reason when it failed."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from qiancheng.probes import measure
+from qiancheng.probes.errors import MeasurementError
+from qiancheng.probes.result import Result, Target
+from qiancheng.probes.settings import Duration, KindSettings
+
+TARGET = Target(name="t", address="127.0.0.1")
+SETTINGS = KindSettings(timeout=Duration(0.05))  # max_duration 0.05 s, + the 2 s grace
+
+
+def _use(monkeypatch: pytest.MonkeyPatch, behaviour: object) -> None:
+    async def fake(target: Target, settings: KindSettings) -> Result:
+        if isinstance(behaviour, BaseException):
+            raise behaviour
+        if behaviour == "hang":
+            await asyncio.sleep(60)
+        return Result(kind="tcp", target=target, start_ns=1, duration_seconds=0.0, success=True,
+                      figures={"loss_ratio": 0.0, "rtt_mean_seconds": behaviour})  # type: ignore[dict-item]
+
+    monkeypatch.setattr(measure, "measure_fn", lambda kind: fake)
+
+
+async def test_a_good_result_passes_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    _use(monkeypatch, 0.001)
+    result = await measure.run("tcp", TARGET, SETTINGS)
+    assert result.success and result.figures["rtt_mean_seconds"] == 0.001
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason", "detail"),
+    [
+        (MeasurementError("refused", "port closed"), "refused", "port closed"),
+        (PermissionError("no raw socket"), "permission", "no raw socket"),
+        (ValueError("bug"), "error", "ValueError: bug"),
+        (math.nan, "error", "non-finite figures: rtt_mean_seconds"),
+        (math.inf, "error", "non-finite figures: rtt_mean_seconds"),
+    ],
+)
+async def test_a_failure_is_a_result_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch, behaviour: object, reason: str, detail: str
+) -> None:
+    _use(monkeypatch, behaviour)
+    result = await measure.run("tcp", TARGET, SETTINGS)
+    assert (result.success, result.error, result.detail) == (False, reason, detail)
+    assert result.kind == "tcp" and result.target == TARGET
+
+
+async def test_a_kind_that_hangs_is_cut_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    _use(monkeypatch, "hang")
+    result = await measure.run("tcp", TARGET, SETTINGS)
+    assert (result.success, result.error) == (False, "timeout")
+    assert 2.0 <= result.duration_seconds < 3.0
