@@ -19,10 +19,13 @@ from urllib.parse import urlsplit
 from ..errors import MeasurementError
 
 __all__ = [
+    "SO_TIMESTAMPING",
     "SO_TIMESTAMPNS",
     "UNREACHABLE_ERRNOS",
     "enable_receive_timestamps",
+    "enable_send_timestamps",
     "kernel_timestamp_ns",
+    "send_timestamp_ns",
     "resolve",
     "split_host_port",
 ]
@@ -32,6 +35,12 @@ __all__ = [
 SO_TIMESTAMPNS: int | None = (
     35 if platform.system() == "Linux" and not platform.machine().startswith(("sparc", "parisc", "alpha")) else None
 )
+
+# SO_TIMESTAMPING (37 on the same architectures) with software send timestamps: the kernel reports, on
+# the socket's error queue, when each packet was handed to the device (Documentation/networking/timestamping).
+SO_TIMESTAMPING: int | None = 37 if SO_TIMESTAMPNS is not None else None
+_SOF_TIMESTAMPING_TX_SOFTWARE = 1 << 1
+_SOF_TIMESTAMPING_SOFTWARE = 1 << 4
 
 UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
 
@@ -106,4 +115,24 @@ def kernel_timestamp_ns(ancillary: list[tuple[int, int, bytes]]) -> int | None:
             else:
                 return None
             return int(seconds) * 1_000_000_000 + int(nanoseconds)
+    return None
+
+
+def enable_send_timestamps(sock: socket.socket) -> bool:
+    """Ask for software send timestamps on the error queue; False where the kernel does not offer them."""
+    if SO_TIMESTAMPING is None:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _SOF_TIMESTAMPING_TX_SOFTWARE | _SOF_TIMESTAMPING_SOFTWARE)
+    except OSError:
+        return False
+    return True
+
+
+def send_timestamp_ns(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The software timestamp (UTC ns) of an SCM_TIMESTAMPING message: the first of its three timespecs."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack("=qq", data[:16])
+            return int(seconds) * 1_000_000_000 + int(nanoseconds) or None
     return None

@@ -7,9 +7,12 @@ socket when the probe has root or CAP_NET_RAW, else a ping socket (SOCK_DGRAM, a
 how to grant it. Replies are routed to their train by (source address, sequence number) and checked
 against a per-train token in the payload, so stray or stale replies are never counted.
 
-Timing. The send time is a clock read right before `sendto()`; the arrival time is the kernel's receive
-timestamp (SO_TIMESTAMPNS), so a busy event loop does not add to the RTT. Both are CLOCK_REALTIME, so
-the pair is checked against the monotonic pair, which is used if a clock step made them disagree.
+Timing. The send time is the kernel's software send timestamp (SO_TIMESTAMPING, read back from the
+socket's error queue), falling back to a clock read right before `sendto()`; the arrival time is the
+kernel's receive timestamp (SO_TIMESTAMPNS). So neither a busy event loop nor a busy thread adds to the
+RTT. Kernel stamps are CLOCK_REALTIME, so each RTT is checked against the monotonic pair of clock reads
+around it, which is used if a clock step made them disagree. `info.send_timestamps` says which send
+time was used: `kernel` for every packet, else `clock`.
 
 Counting (RFC 7680 / RFC 2681). A packet is lost unless its reply came within `timeout` of its send.
 A reply after that is counted in `late`, a second reply to the same packet in `duplicates`; neither
@@ -34,8 +37,16 @@ from ..errors import MeasurementError
 from ..result import Result, Target
 from ..settings import IcmpSettings
 from ..stats import train_stats
-from .addresses import UNREACHABLE_ERRNOS, enable_receive_timestamps, kernel_timestamp_ns, resolve, split_host_port
-from .icmp_packet import ECHO_REPLY, build_echo_request, parse_echo_reply
+from .addresses import (
+    UNREACHABLE_ERRNOS,
+    enable_receive_timestamps,
+    enable_send_timestamps,
+    kernel_timestamp_ns,
+    resolve,
+    send_timestamp_ns,
+    split_host_port,
+)
+from .icmp_packet import ECHO_REPLY, build_echo_request, parse_echo_reply, parse_looped_request
 
 __all__ = ["measure"]
 
@@ -46,6 +57,8 @@ _VERSIONS = {socket.AF_INET: 4, socket.AF_INET6: 6}
 _TOKEN_BYTES = 8
 _RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # room for a burst of replies from a thousand targets
 _READS_PER_WAKEUP = 256
+_LOOPED_PACKET_BYTES = 256  # enough of a looped-back request for its headers (the rest is truncated)
+_ERRQUEUE_ANCILLARY_BYTES = 512  # SCM_TIMESTAMPING (48 bytes) and IP(V6)_RECVERR (up to 44), with room
 # Kernel-side filters of raw sockets: a set bit blocks that ICMP type (linux/icmp.h, linux/icmpv6.h).
 _SOL_RAW, _ICMP_FILTER, _ICMP6_FILTER = 255, 1, 1
 _PERMISSION_HINT = (
@@ -63,12 +76,17 @@ class _Train:
     token: bytes
     sent_wall_ns: list[int] = field(default_factory=list)
     sent_perf_ns: list[int] = field(default_factory=list)
+    sent_kernel_ns: list[int] = field(default_factory=list)  # 0 until the kernel's send timestamp is read
     samples: list[float | None] = field(default_factory=list)
     answered: set[int] = field(default_factory=set)
     duplicates: int = 0
     late: int = 0
     received: int = 0
     complete: asyncio.Future[None] | None = None
+
+    def transmitted(self, index: int, kernel_ns: int) -> None:
+        if index < len(self.sent_kernel_ns):
+            self.sent_kernel_ns[index] = kernel_ns
 
     def reply(self, index: int, payload: bytes, kernel_ns: int | None, perf_ns: int) -> None:
         if index >= len(self.sent_perf_ns) or not payload.startswith(self.token):
@@ -79,7 +97,7 @@ class _Train:
         self.answered.add(index)
         seconds = (perf_ns - self.sent_perf_ns[index]) / 1e9
         if kernel_ns is not None:
-            kernel_seconds = (kernel_ns - self.sent_wall_ns[index]) / 1e9
+            kernel_seconds = (kernel_ns - (self.sent_kernel_ns[index] or self.sent_wall_ns[index])) / 1e9
             # The kernel stamped the reply before we read it; outside 0..seconds the wall clock stepped.
             if 0 <= kernel_seconds <= seconds:
                 seconds = kernel_seconds
@@ -100,9 +118,11 @@ class _EchoSocket:
         self.version = _VERSIONS[family]
         self._loop = loop
         self.sock, self.mode = _open(family)
+        self.send_timestamps = enable_send_timestamps(self.sock)
         self.identifier = random.getrandbits(16)  # dgram sockets: the kernel sets and checks its own
         self._next_sequence = random.getrandbits(16)
         self._routes: dict[tuple[str, int], tuple[_Train, int]] = {}
+        self._by_sequence: dict[int, tuple[_Train, int]] = {}  # sequences are unique per socket
         self.users = 0
         loop.add_reader(self.sock.fileno(), self._on_readable)
 
@@ -116,13 +136,15 @@ class _EchoSocket:
         self._next_sequence = (first + train.count) & 0xFFFF
         sequences = [(first + i) & 0xFFFF for i in range(train.count)]
         for index, sequence in enumerate(sequences):
-            self._routes[(address, sequence)] = (train, index)
+            self._routes[(address, sequence)] = self._by_sequence[sequence] = (train, index)
         return sequences
 
     def unregister(self, address: str, sequences: list[int], train: _Train) -> None:
         for sequence in sequences:
             if self._routes.get((address, sequence), (None, 0))[0] is train:
                 del self._routes[(address, sequence)]
+            if self._by_sequence.get(sequence, (None, 0))[0] is train:
+                del self._by_sequence[sequence]
 
     def send(self, address: str, sequence: int, payload: bytes) -> tuple[int, int]:
         """Send one echo request; returns the (wall, monotonic) clock reads taken right before it left."""
@@ -132,6 +154,9 @@ class _EchoSocket:
         return sent_wall_ns, sent_perf_ns
 
     def _on_readable(self) -> None:
+        # Send timestamps first: a reply read in this same wakeup needs its packet's send time.
+        if self.send_timestamps:
+            self._read_send_timestamps()
         with_ip_header = self.mode == "raw" and self.version == 4
         for _ in range(_READS_PER_WAKEUP):
             try:
@@ -148,6 +173,23 @@ class _EchoSocket:
             if route is not None:
                 train, index = route
                 train.reply(index, echo.payload, kernel_timestamp_ns(ancillary), perf_ns)
+
+
+    def _read_send_timestamps(self) -> None:
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(_LOOPED_PACKET_BYTES, _ERRQUEUE_ANCILLARY_BYTES, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            stamp = send_timestamp_ns(ancillary)
+            request = parse_looped_request(self.version, data)
+            if stamp is None or request is None:
+                continue
+            route = self._by_sequence.get(request.sequence)
+            if route is not None and (self.mode != "raw" or request.identifier == self.identifier):
+                route[0].transmitted(route[1], stamp)
 
 
 def _open(family: socket.AddressFamily) -> tuple[socket.socket, str]:
@@ -246,6 +288,7 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
                 sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
             train.sent_wall_ns.append(sent_wall_ns)
             train.sent_perf_ns.append(sent_perf_ns)
+            train.sent_kernel_ns.append(0)
         last_deadline = (train.sent_perf_ns[-1] - time.perf_counter_ns()) / 1e9 + float(settings.timeout)
         if last_deadline > 0:
             try:
@@ -257,7 +300,13 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
         _release(echo)
 
     stats = train_stats(train.samples, duplicates=train.duplicates, late=train.late)
-    info = {"address": address, "socket": echo.mode, "size_bytes": str(settings.size)}
+    kernel_sends = all(train.sent_kernel_ns[i] for i in range(settings.count) if train.samples[i] is not None)
+    info = {
+        "address": address,
+        "socket": echo.mode,
+        "size_bytes": str(settings.size),
+        "send_timestamps": "kernel" if kernel_sends and stats.received else "clock",
+    }
     reason: str | None = None
     detail: str | None = None
     if stats.received == 0:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["ECHO_REQUEST", "ECHO_REPLY", "Echo", "checksum", "build_echo_request", "parse_echo_reply"]
+__all__ = [
+    "ECHO_REQUEST", "ECHO_REPLY", "Echo", "checksum", "build_echo_request", "parse_echo_reply", "parse_looped_request",
+]
 
 #: (request, reply) message types per IP version
 ECHO_REQUEST = {4: 8, 6: 128}
@@ -57,3 +59,26 @@ def parse_echo_reply(version: int, data: bytes, with_ip_header: bool) -> Echo | 
     if message_type != ECHO_REPLY[version] or code != 0:
         return None
     return Echo(identifier, sequence, data[_HEADER.size :])
+
+
+def parse_looped_request(version: int, data: bytes) -> Echo | None:
+    """The echo request in a packet the kernel hands back with its send timestamp (MSG_ERRQUEUE).
+
+    That copy starts with the device's link-layer header, whose length depends on the device (14 bytes
+    on Ethernet and loopback, none on a TUN device), so the IP header is found by its version nibble and
+    a length field that matches the rest of the packet.
+    """
+    for offset in range(min(len(data), 65)):
+        rest = data[offset:]
+        if len(rest) < (20 if version == 4 else 40) + _HEADER.size or rest[0] >> 4 != version:
+            continue
+        if version == 4 and int.from_bytes(rest[2:4], "big") == len(rest):
+            icmp = rest[(rest[0] & 0x0F) * 4 :]
+        elif version == 6 and int.from_bytes(rest[4:6], "big") == len(rest) - 40 and rest[6] == 58:
+            icmp = rest[40:]
+        else:
+            continue
+        message_type, _, _, identifier, sequence = _HEADER.unpack_from(icmp)
+        if message_type == ECHO_REQUEST[version]:
+            return Echo(identifier, sequence, icmp[_HEADER.size :])
+    return None

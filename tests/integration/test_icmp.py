@@ -42,6 +42,7 @@ def test_loopback_train_agrees_with_fping(address: str) -> None:
     assert len(ours.samples) == 20 and all(s is not None and 0 < s < 0.005 for s in ours.samples)
     assert figures["rtt_min_seconds"] <= figures["rtt_median_seconds"] <= figures["rtt_max_seconds"]
     assert ours.info["address"] == address and ours.info["socket"] == "raw"
+    assert ours.info["send_timestamps"] == "kernel"  # SO_TIMESTAMPING software send times were read
     assert abs(figures["rtt_median_seconds"] - fping) < 0.1e-3, (figures["rtt_median_seconds"], fping)
 
 
@@ -78,6 +79,7 @@ def test_without_raw_sockets_a_ping_socket_is_used() -> None:
         setup="sysctl -qw net.ipv4.ping_group_range='0 2147483647'", drop_net_raw=True,
     )
     assert [r["info"]["socket"] for r in results] == ["dgram", "dgram"]
+    assert [r["info"]["send_timestamps"] for r in results] == ["kernel", "kernel"]
     assert all(r["success"] and r["figures"]["packets_received"] == 5 for r in results)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest
+from scapy.layers.inet6 import IPv6, ICMPv6EchoReply, ICMPv6EchoRequest
 
 from qiancheng.probes.measure.icmp_packet import build_echo_request, checksum, parse_echo_reply
 
@@ -59,3 +59,23 @@ def test_ipv6_reply_is_parsed() -> None:
 )
 def test_anything_but_an_echo_reply_is_ignored(version: int, wire: bytes, with_ip_header: bool) -> None:
     assert parse_echo_reply(version, wire, with_ip_header) is None
+
+
+@pytest.mark.parametrize("link_header", [b"", bytes(14), bytes(16)], ids=["tun", "ethernet", "cooked"])
+def test_a_looped_back_request_is_found_behind_any_link_header(link_header: bytes) -> None:
+    from qiancheng.probes.measure.icmp_packet import parse_looped_request
+
+    v4 = bytes(IP(src="198.18.0.1", dst="198.18.0.2") / ICMP(type=8, id=300, seq=65535) / PAYLOAD)
+    v6 = bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / ICMPv6EchoRequest(id=301, seq=0, data=PAYLOAD))
+    for version, packet, expected in ((4, v4, (300, 65535)), (6, v6, (301, 0))):
+        echo = parse_looped_request(version, link_header + packet)
+        assert echo is not None and (echo.identifier, echo.sequence, echo.payload) == (*expected, PAYLOAD)
+
+
+def test_a_looped_back_reply_or_runt_is_not_a_request() -> None:
+    from qiancheng.probes.measure.icmp_packet import parse_looped_request
+
+    reply = bytes(IP(src="198.18.0.1", dst="198.18.0.2") / ICMP(type=0, id=1, seq=1) / PAYLOAD)
+    assert parse_looped_request(4, bytes(14) + reply) is None
+    assert parse_looped_request(4, bytes(30)) is None
+    assert parse_looped_request(6, bytes(14) + reply) is None

@@ -16,6 +16,7 @@ def _train(count: int = 3, timeout: float = 0.1) -> _Train:
     for index in range(count):
         train.sent_wall_ns.append(1_000 * MS + index * 10 * MS)
         train.sent_perf_ns.append(5_000 * MS + index * 10 * MS)
+        train.sent_kernel_ns.append(0)
     return train
 
 
@@ -24,6 +25,15 @@ def test_the_kernel_timestamp_is_used_when_it_is_plausible() -> None:
     # read by the loop 9 ms after the send, stamped by the kernel 2 ms after it
     train.reply(0, TOKEN + b"pad", kernel_ns=1_002 * MS, perf_ns=5_009 * MS)
     assert train.samples[0] == 0.002
+
+
+def test_the_kernel_send_timestamp_replaces_the_clock_read_before_the_send() -> None:
+    train = _train()
+    train.transmitted(0, 1_000 * MS + 300_000)  # the device got the packet 0.3 ms after the clock read
+    train.reply(0, TOKEN, kernel_ns=1_002 * MS, perf_ns=5_009 * MS)
+    assert train.samples[0] == 0.0017
+    train.transmitted(9, 1_000 * MS)  # a packet not sent (yet): ignored
+    assert len(train.sent_kernel_ns) == 3
 
 
 def test_a_stepped_wall_clock_falls_back_to_the_monotonic_pair() -> None:
