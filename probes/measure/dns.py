@@ -10,7 +10,8 @@ type, else the first record, as rdata text, truncated to 255 characters).
 Timing. `lookup_seconds` matches dig's "Query time": the clock is read right before the query is sent
 and right after the answer arrives; no retries (dig `+tries=1`). Over UDP the arrival time is the
 kernel's receive timestamp (SO_TIMESTAMPNS), so a busy event loop does not add to the figure; the send
-time is a clock read right before `send()`. Both are CLOCK_REALTIME, so the pair is checked against the
+time is the kernel's software send timestamp (SO_TIMESTAMPING, from the error queue), else a clock read
+right before `send()`. All are CLOCK_REALTIME, so the pair is checked against the
 monotonic perf_counter pair and the latter is used if a clock step made them disagree. Over TCP the
 arrival time is read in `data_received` when the last byte of the answer is in.
 
@@ -40,7 +41,14 @@ from ..clock import monotonic, wall_ns
 from ..errors import MeasurementError
 from ..result import Result, Target
 from ..settings import DnsSettings
-from .addresses import UNREACHABLE_ERRNOS, enable_receive_timestamps, kernel_timestamp_ns, split_host_port
+from .addresses import (
+    UNREACHABLE_ERRNOS,
+    enable_receive_timestamps,
+    enable_send_timestamps,
+    kernel_timestamp_ns,
+    send_timestamp_ns,
+    split_host_port,
+)
 
 __all__ = ["measure", "split_host_port"]
 
@@ -51,6 +59,8 @@ KIND = "dns"
 _EDNS_PAYLOAD = 1232
 _MAX_ANSWER_TEXT = 255
 _RECEIVE_BUFFER = 65_535
+_LOOPED_PACKET_BYTES = 64  # the error queue also returns the sent packet; only the stamp is needed
+_ERRQUEUE_ANCILLARY_BYTES = 512
 
 
 
@@ -78,6 +88,7 @@ class _Exchange:
     answer: dns.message.Message
     lookup_seconds: float
     connect_seconds: float | None = None
+    send_timestamps: str = "clock"  # `kernel` when the send time is the kernel's (UDP only)
 
 
 class _UdpExchange:
@@ -89,9 +100,11 @@ class _UdpExchange:
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         enable_receive_timestamps(self._sock)
+        self._send_timestamps = enable_send_timestamps(self._sock)
         self._address = address
         self._done: asyncio.Future[_Exchange] = self._loop.create_future()
         self._sent_wall_ns = 0
+        self._sent_kernel_ns = 0  # the kernel's send timestamp, once read from the error queue
         self._sent_ns = 0
 
     async def run(self) -> _Exchange:
@@ -112,6 +125,8 @@ class _UdpExchange:
     def _on_readable(self) -> None:
         if self._done.done():
             return
+        if self._send_timestamps and not self._sent_kernel_ns:
+            self._read_send_timestamp()
         try:
             data, ancillary, _, _ = self._sock.recvmsg(_RECEIVE_BUFFER, socket.CMSG_SPACE(16))
         except (BlockingIOError, InterruptedError):
@@ -128,13 +143,23 @@ class _UdpExchange:
         if not self._query.is_response(answer):
             return  # a stray or spoofed datagram: keep waiting for ours
         seconds = (received_ns - self._sent_ns) / 1e9
+        send_clock = "clock"
         kernel_ns = kernel_timestamp_ns(ancillary)
         if kernel_ns is not None:
-            kernel_seconds = (kernel_ns - self._sent_wall_ns) / 1e9
+            kernel_seconds = (kernel_ns - (self._sent_kernel_ns or self._sent_wall_ns)) / 1e9
             # The kernel stamped the datagram before we read it; outside 0..seconds the wall clock stepped.
             if 0 <= kernel_seconds <= seconds:
                 seconds = kernel_seconds
-        self._done.set_result(_Exchange(answer, seconds))
+                send_clock = "kernel" if self._sent_kernel_ns else "clock"
+        self._done.set_result(_Exchange(answer, seconds, send_timestamps=send_clock))
+
+    def _read_send_timestamp(self) -> None:
+        """The query's send time from the error queue (one query per socket: the first stamp is ours)."""
+        try:
+            _, ancillary, _, _ = self._sock.recvmsg(_LOOPED_PACKET_BYTES, _ERRQUEUE_ANCILLARY_BYTES, socket.MSG_ERRQUEUE)
+        except OSError:  # nothing queued (yet), or no error queue on this socket
+            return
+        self._sent_kernel_ns = send_timestamp_ns(ancillary) or 0
 
 
 class _TcpAnswer(asyncio.Protocol):
@@ -253,6 +278,7 @@ async def measure(target: Target, settings: DnsSettings) -> Result:
         "query_name": query.question[0].name.to_text(omit_final_dot=True)[:255],
         "query_type": settings.query_type,
         "protocol": settings.protocol,
+        "send_timestamps": exchange.send_timestamps,
         "flags": dns.flags.to_text(answer.flags),
     }
     if first := _first_answer(answer, rdtype):
