@@ -65,7 +65,7 @@ def test_a_silent_host_is_total_loss_not_an_error() -> None:
     require_root()
     [result] = probe_once_json(
         "--kind", "icmp", "--count", "4", "--packet-interval", "20ms", "--timeout", "300ms", "127.0.0.1",
-        setup="sysctl -qw net.ipv4.icmp_echo_ignore_all=1",
+        setup="echo 1 > /proc/sys/net/ipv4/icmp_echo_ignore_all",
     )
     assert result["success"] is False and result["error"] == "loss"
     assert result["figures"]["packets_sent"] == 4 and result["figures"]["packets_lost"] == 4
@@ -76,7 +76,7 @@ def test_without_raw_sockets_a_ping_socket_is_used() -> None:
     require_root()
     results = probe_once_json(
         "--kind", "icmp", "--count", "5", "--packet-interval", "10ms", "127.0.0.1", "::1",
-        setup="sysctl -qw net.ipv4.ping_group_range='0 2147483647'", drop_net_raw=True,
+        setup="echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range", drop_net_raw=True,
     )
     assert [r["info"]["socket"] for r in results] == ["dgram", "dgram"]
     assert [r["info"]["send_timestamps"] for r in results] == ["kernel", "kernel"]
@@ -86,7 +86,7 @@ def test_without_raw_sockets_a_ping_socket_is_used() -> None:
 def test_without_any_icmp_privilege_the_result_says_how_to_grant_it() -> None:
     require_root()
     [result] = probe_once_json(
-        "--kind", "icmp", "127.0.0.1", setup="sysctl -qw net.ipv4.ping_group_range='1 0'", drop_net_raw=True
+        "--kind", "icmp", "127.0.0.1", setup="echo '1 0' > /proc/sys/net/ipv4/ping_group_range", drop_net_raw=True
     )
     assert result["success"] is False and result["error"] == "permission"
     assert "CAP_NET_RAW" in result["detail"] and "ping_group_range" in result["detail"]
