@@ -49,6 +49,7 @@ lint: $(TEST_ENV)
 
 bench: $(BASE_ENV)
 	$(PY) bench/ingest.py
+	$(PY) bench/wire_decode.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache demo-data
