@@ -121,8 +121,8 @@ class _EchoSocket:
         self.send_timestamps = enable_send_timestamps(self.sock)
         self.identifier = random.getrandbits(16)  # dgram sockets: the kernel sets and checks its own
         self._next_sequence = random.getrandbits(16)
-        self._routes: dict[tuple[str, int], tuple[_Train, int]] = {}
-        self._by_sequence: dict[int, tuple[_Train, int]] = {}  # sequences are unique per socket
+        # sequence → (train, packet index, address sent to); sequences are unique per socket
+        self._routes: dict[int, tuple[_Train, int, str]] = {}
         self.users = 0
         loop.add_reader(self.sock.fileno(), self._on_readable)
 
@@ -136,15 +136,14 @@ class _EchoSocket:
         self._next_sequence = (first + train.count) & 0xFFFF
         sequences = [(first + i) & 0xFFFF for i in range(train.count)]
         for index, sequence in enumerate(sequences):
-            self._routes[(address, sequence)] = self._by_sequence[sequence] = (train, index)
+            self._routes[sequence] = (train, index, address)
         return sequences
 
-    def unregister(self, address: str, sequences: list[int], train: _Train) -> None:
+    def unregister(self, sequences: list[int], train: _Train) -> None:
         for sequence in sequences:
-            if self._routes.get((address, sequence), (None, 0))[0] is train:
-                del self._routes[(address, sequence)]
-            if self._by_sequence.get(sequence, (None, 0))[0] is train:
-                del self._by_sequence[sequence]
+            route = self._routes.get(sequence)
+            if route is not None and route[0] is train:
+                del self._routes[sequence]
 
     def send(self, address: str, sequence: int, payload: bytes) -> tuple[int, int]:
         """Send one echo request; returns the (wall, monotonic) clock reads taken right before it left."""
@@ -155,6 +154,7 @@ class _EchoSocket:
 
     def _on_readable(self) -> None:
         # Send timestamps first: a reply read in this same wakeup needs its packet's send time.
+        # Always drained: a stamp left queued would keep the socket readable (EPOLLERR) forever.
         if self.send_timestamps:
             self._read_send_timestamps()
         with_ip_header = self.mode == "raw" and self.version == 4
@@ -169,9 +169,9 @@ class _EchoSocket:
             echo = parse_echo_reply(self.version, data, with_ip_header)
             if echo is None or (self.mode == "raw" and echo.identifier != self.identifier):
                 continue
-            route = self._routes.get((_normal_address(source[0]), echo.sequence))
-            if route is not None:
-                train, index = route
+            route = self._routes.get(echo.sequence)
+            if route is not None and route[2] == _normal_address(source[0]):
+                train, index, _ = route
                 train.reply(index, echo.payload, kernel_timestamp_ns(ancillary), perf_ns)
 
 
@@ -179,15 +179,13 @@ class _EchoSocket:
         for _ in range(_READS_PER_WAKEUP):
             try:
                 data, ancillary, _, _ = self.sock.recvmsg(_LOOPED_PACKET_BYTES, _ERRQUEUE_ANCILLARY_BYTES, socket.MSG_ERRQUEUE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # BlockingIOError: the queue is empty
                 return
             stamp = send_timestamp_ns(ancillary)
             request = parse_looped_request(self.version, data)
             if stamp is None or request is None:
                 continue
-            route = self._by_sequence.get(request.sequence)
+            route = self._routes.get(request.sequence)
             if route is not None and (self.mode != "raw" or request.identifier == self.identifier):
                 route[0].transmitted(route[1], stamp)
 
@@ -247,13 +245,6 @@ def _release(echo: _EchoSocket) -> None:
         echo.close()
 
 
-def socket_mode(family: socket.AddressFamily = socket.AF_INET) -> str:
-    """`raw` or `dgram`: the socket this probe would use; MeasurementError `permission` if none."""
-    sock, mode = _open(family)
-    sock.close()
-    return mode
-
-
 async def measure(target: Target, settings: IcmpSettings) -> Result:
     """One echo train; a result with per-packet samples and train statistics."""
     start_ns, started = wall_ns(), monotonic()
@@ -296,7 +287,7 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
             except TimeoutError:
                 pass
     finally:
-        echo.unregister(address, sequences, train)
+        echo.unregister(sequences, train)
         _release(echo)
 
     stats = train_stats(train.samples, duplicates=train.duplicates, late=train.late)

@@ -41,7 +41,7 @@ def test_parse_url_rejects(url: str) -> None:
 
 def test_ip_literal() -> None:
     assert parse_url("http://[::1]/").is_ip_literal
-    assert parse_url("http://10.0.0.1/").is_ip_literal
+    assert parse_url("http://198.18.0.1/").is_ip_literal
     assert not parse_url("http://localhost/").is_ip_literal
 
 

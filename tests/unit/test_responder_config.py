@@ -92,7 +92,7 @@ def test_bad_config_names_file_line_field(file: str, line: int, field: str, reas
         ("limits:\n  max_concurrent_transfers: 0\n", 2, "limits.max_concurrent_transfers", ">= 1"),
         ("limits:\n  transfer_stall_timeout: soon\n", 2, "limits.transfer_stall_timeout", "expected a duration"),
         ("dns:\n  zone: 'a..b'\n", 2, "dns.zone", "not a DNS name"),
-        ("dns:\n  aaaa: 10.0.0.1\n", 2, "dns.aaaa", "not an IPv6 address"),
+        ("dns:\n  aaaa: 198.18.0.1\n", 2, "dns.aaaa", "not an IPv6 address"),
         ("dns:\n  ttl: -5\n", 2, "dns.ttl", ">= 0"),
         ("dns:\n  txt: '" + "x" * 2000 + "'\n", 2, "dns.txt", "longer than 1024 bytes"),
         ("log_level: loud\n", 1, "log_level", "Invalid enum value 'loud'"),
