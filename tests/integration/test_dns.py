@@ -23,7 +23,7 @@ from qiancheng.probes.settings import DnsSettings, Duration
 from tests.conftest import PYTHON, Processes, free_port, wait_tcp
 
 ZONE = "qiancheng.test."
-ADDRESS = "192.0.2.10"  # TEST-NET-1: only ever an answer, never contacted
+ADDRESS = "198.18.0.10"  # only ever an answer, never contacted
 SLOW_SECONDS = 0.02
 Protocol = Literal["udp", "tcp"]
 
@@ -41,7 +41,7 @@ def _answer(query: dns.message.Message) -> bytes | None:
     is_a = query.question[0].rdtype == dns.rdatatype.A
     if label in ("www", "slow", "two"):
         if is_a and label == "two":
-            response.answer.append(dns.rrset.from_text(name, 300, "IN", "A", "192.0.2.1", "192.0.2.2"))
+            response.answer.append(dns.rrset.from_text(name, 300, "IN", "A", "198.18.0.1", "198.18.0.2"))
         elif is_a:
             response.answer.append(dns.rrset.from_text(name, 300, "IN", "A", ADDRESS))
     elif label == "fail":
@@ -195,7 +195,7 @@ async def test_answer(server: DnsServer, protocol: Protocol) -> None:
 async def test_answer_count_counts_records(server: DnsServer) -> None:
     result = await _lookup(server, "two.qiancheng.test")
     assert result.success and result.figures["answer_count"] == 2
-    assert result.info["answer"] in ("192.0.2.1", "192.0.2.2")
+    assert result.info["answer"] in ("198.18.0.1", "198.18.0.2")
 
 
 @pytest.mark.parametrize("protocol", ["udp", "tcp"])

@@ -17,9 +17,9 @@ from qiancheng.probes.stats import train_stats
 
 T0 = 1_790_000_000_000_000_000
 S = 1_000_000_000
-EDGE = Target(name="edge", address="192.0.2.10", target_class="edge")
+EDGE = Target(name="edge", address="198.18.0.10", target_class="edge")
 POOL = Target(name="pool-web", address="https://pool.example/ping", target_class="cloud_pool")
-RESOLVER = Target(name="resolver", address="192.0.2.53", target_class="dns")
+RESOLVER = Target(name="resolver", address="198.18.0.53", target_class="dns")
 
 
 def labels(target: Target, kind: str, probe: str = "p1") -> dict[str, str]:

@@ -15,8 +15,8 @@ from qiancheng.probes.stats import train_stats
 from qiancheng.probes.wire import Batch
 
 T0 = 1_790_000_000_000_000_000
-EDGE = Target(name="edge", address="192.0.2.10", target_class="edge")
-RESOLVER = Target(name="resolver", address="192.0.2.53", target_class="dns")
+EDGE = Target(name="edge", address="198.18.0.10", target_class="edge")
+RESOLVER = Target(name="resolver", address="198.18.0.53", target_class="dns")
 
 
 def icmp(seq: int, start_ns: int, samples: list[float | None] | None = None) -> Result:

@@ -144,7 +144,7 @@ class ScriptedCollector:
 
 
 def result(index: int, target: str = "edge", detail: str | None = None) -> Result:
-    return Result(kind="icmp", target=Target(name=target, address="192.0.2.1"), start_ns=1_700_000_000 + index,
+    return Result(kind="icmp", target=Target(name=target, address="198.18.0.1"), start_ns=1_700_000_000 + index,
                   duration_seconds=0.5, success=True, detail=detail, figures={"rtt_median_seconds": 0.002})
 
 
@@ -471,7 +471,7 @@ _PROBE_PROCESS = textwrap.dedent(
                                 probe_id="city-k-01", batch_max_results=7, batch_max_age=0.05,
                                 backoff_base=0.05, backoff_cap=0.2)
             task = asyncio.create_task(uploader.run())
-            target = Target(name="edge", address="192.0.2.1")
+            target = Target(name="edge", address="198.18.0.1")
             for _ in range(count):
                 measured = Result(kind="icmp", target=target, start_ns=1, duration_seconds=0.0, success=True)
                 seq = await spool.add(measured)

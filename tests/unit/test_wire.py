@@ -20,7 +20,7 @@ _AT_PATH = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")
 
 GOOD_RESULT: dict[str, Any] = {
     "kind": "icmp",
-    "target": {"name": "edge-1", "address": "192.0.2.1", "class": "edge"},
+    "target": {"name": "edge-1", "address": "198.18.0.1", "class": "edge"},
     "start_ns": START_NS,
     "duration_seconds": 0.2,
     "success": True,
@@ -61,17 +61,17 @@ def sample_batch() -> Batch:
         labels={"site": "liandu", "rack": "r2"},
         stats={"spool_backlog": 3.0, "spool_dropped_total": 0.0},
         results=[
-            Result(kind="icmp", target=Target(name="edge-1", address="192.0.2.1"), start_ns=START_NS,
+            Result(kind="icmp", target=Target(name="edge-1", address="198.18.0.1"), start_ns=START_NS,
                    duration_seconds=1.25, success=True, figures=train_stats(samples).figures(),
-                   info={"address": "192.0.2.1", "socket": "raw", "size_bytes": "56"}, samples=samples, seq=41),
-            Result(kind="dns", target=Target(name="resolver", address="192.0.2.53", target_class="dns"),
+                   info={"address": "198.18.0.1", "socket": "raw", "size_bytes": "56"}, samples=samples, seq=41),
+            Result(kind="dns", target=Target(name="resolver", address="198.18.0.53", target_class="dns"),
                    start_ns=START_NS + 1, duration_seconds=0.012, success=False, error="servfail",
                    detail="SERVFAIL for example.cn", figures={"lookup_seconds": 0.012, "rcode_value": 2.0},
                    info={"rcode": "SERVFAIL"}, seq=42),
             Result(kind="http", target=cloud, start_ns=START_NS + 2, duration_seconds=0.3, success=True,
                    figures={"connect_seconds": 0.004, "ttfb_seconds": 0.05, "status_code": 200.0},
                    info={"http_version": "HTTP/1.1"}, seq=43),
-            failure("tcp", Target(name="idc-a", address="198.51.100.7:22", target_class="idc"), START_NS + 3, 3.0,
+            failure("tcp", Target(name="idc-a", address="198.18.0.7:22", target_class="idc"), START_NS + 3, 3.0,
                     "timeout", "no SYN-ACK within 3 s"),
         ],
     )  # fmt: skip
@@ -109,7 +109,7 @@ def test_defaults_are_left_out_of_the_json() -> None:
 
 
 def test_a_failure_with_a_long_detail_still_fits_the_wire() -> None:
-    long = failure("tcp", Target(name="t", address="192.0.2.1:80"), START_NS, -0.5, "error", "x" * 5000)
+    long = failure("tcp", Target(name="t", address="198.18.0.1:80"), START_NS, -0.5, "error", "x" * 5000)
     assert long.detail is not None and len(long.detail) == 1024
     assert long.duration_seconds == 0.0  # a clock step backwards is not a negative duration
     assert decode_batch(encode_batch(Batch(probe_id="p1", batch_id="batch-0001", results=[long]))).results == [long]
@@ -217,7 +217,7 @@ def test_a_result_decoded_alone_refuses_a_bad_key_too() -> None:
 
 
 def test_a_result_with_a_bad_key_cannot_be_built() -> None:
-    target = Target(name="t", address="192.0.2.1")
+    target = Target(name="t", address="198.18.0.1")
     with pytest.raises(BadKey) as caught:
         Result(kind="icmp", target=target, start_ns=0, duration_seconds=0.0, success=True, figures={"RTT": 1.0})
     assert (caught.value.field, caught.value.key) == ("figures", "RTT")
@@ -243,7 +243,7 @@ def test_a_number_too_large_for_a_double_is_refused(spelling: bytes) -> None:
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_figure_is_encoded_as_null_which_the_wire_refuses(value: float) -> None:
-    target = Target(name="t", address="192.0.2.1")
+    target = Target(name="t", address="198.18.0.1")
     bad = Result(kind="icmp", target=target, start_ns=0, duration_seconds=0.0, success=True, figures={"x": value})
     encoded = encode_batch(Batch(probe_id="p1", batch_id="batch-0001", results=[bad]))
     assert b'"figures":{"x":null}' in encoded
