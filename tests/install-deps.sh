@@ -16,6 +16,12 @@ declare -A packages=(
   [dig]=bind9-dnsutils
   [curl]=curl
   [ip]=iproute2
+  [prometheus]=prometheus
+  [prometheus-alertmanager]=prometheus-alertmanager
+  [openssl]=openssl
+  # peers in the benchmarks (bench/icmp_scale.py)
+  [prometheus-smokeping-prober]=prometheus-smokeping-prober
+  [prometheus-blackbox-exporter]=prometheus-blackbox-exporter
 )
 
 missing=()
