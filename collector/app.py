@@ -96,7 +96,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[STATE_KEY].restore(await store.latest(), await store.probes(), allowed)
         app[STORE_KEY] = store
         app[INGEST_KEY] = Ingest(TokenTable(config.probes), store, app[STATE_KEY], config.limits, seams.clock)
-        log.info(kv("store_opened", backend=store.backend, path=config.store.path,
+        log.info(kv("store_opened", backend=store.backend, path=config.store.location,
                     series=len(app[STATE_KEY].series), probes=len(app[STATE_KEY].probes)))  # fmt: skip
         yield
     finally:

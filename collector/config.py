@@ -20,6 +20,7 @@ from qiancheng.probes.wire import MAX_RESULTS_PER_BATCH
 __all__ = [
     "DEFAULT_PORT",
     "ListenConfig",
+    "InfluxConfig",
     "StoreConfig",
     "ProbeEntry",
     "LimitsConfig",
@@ -41,11 +42,33 @@ class ListenConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = DEFAULT_PORT
 
 
-class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Where results are stored durably; `sqlite` now, a second backend is a new module in store/."""
+class InfluxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An InfluxDB 2.x/3.x, or any server speaking its write API (`/api/v2/write`), that keeps the history."""
 
-    backend: Literal["sqlite"] = "sqlite"
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")]
+    bucket: Annotated[str, msgspec.Meta(min_length=1)]
+    org: str = ""  # InfluxDB 2.x needs it; 3.x ignores it
+    #: the API token, read from this file at start (keeps the secret out of the config); or `token` inline
+    token_file: str = ""
+    token: str = ""
+    #: one write, connect to answer; a store slower than this gets 503 + Retry-After, and the probe retries
+    timeout: Duration = Duration(5.0)
+    gzip: bool = True
+
+
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where results are stored durably: `sqlite` (one local file) or `influx` (an InfluxDB write API)."""
+
+    backend: Literal["sqlite", "influx"] = "sqlite"
     path: Annotated[str, msgspec.Meta(min_length=1)] = "/var/lib/qiancheng/collector.db"
+    influx: InfluxConfig | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the backend keeps results, for logs: the SQLite path or the InfluxDB URL and bucket."""
+        if self.backend == "influx" and self.influx is not None:
+            return f"{self.influx.url} bucket={self.influx.bucket}"
+        return self.path
 
 
 class ProbeEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -108,6 +131,22 @@ def _check(config: CollectorConfig, document: YamlDocument) -> None:
         hashes[probe.token_sha256] = index
     if config.limits.max_body_bytes < _MIN_BODY_BYTES:
         raise document.error(("limits", "max_body_bytes"), f"must be at least {_MIN_BODY_BYTES} bytes")
+    _check_store(config.store, document)
+
+
+def _check_store(store: StoreConfig, document: YamlDocument) -> None:
+    """The influx backend needs its section, one way to give the token, and a token file that exists."""
+    if store.backend != "influx":
+        return
+    influx = store.influx
+    if influx is None:
+        raise document.error(("store", "backend"), "backend influx needs a store.influx section (url, bucket, token_file)")
+    if influx.token and influx.token_file:
+        raise document.error(("store", "influx", "token"), "give token_file or token, not both")
+    if influx.token_file and not Path(influx.token_file).is_file():
+        raise document.error(("store", "influx", "token_file"), f"no such file: {influx.token_file!r}")
+    if influx.timeout <= 0:
+        raise document.error(("store", "influx", "timeout"), "must be more than 0")
 
 
 def load_collector_config(file: str | Path) -> tuple[CollectorConfig, YamlDocument]:

@@ -36,7 +36,7 @@ _SHORT_TOKEN: Final = 16
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qiancheng-collector",
-        description="Receive probe result batches, store them durably (SQLite), expose Prometheus metrics.",
+        description="Receive probe result batches, store them durably (SQLite or InfluxDB), expose Prometheus metrics.",
         epilog="Add a probe: put `qiancheng-collector hash-token TOKEN` under probes[].token_sha256 in the config.",
     )
     parser.add_argument("--version", action="version", version=f"qiancheng {__version__}")
@@ -76,7 +76,8 @@ async def serve(config: CollectorConfig, document: YamlDocument) -> int:
         try:
             await runner.setup()
         except StoreError as error:
-            raise document.error(("store", "path"), f"cannot open the store: {error}") from None
+            field = ("store", "influx") if config.store.backend == "influx" else ("store", "path")
+            raise document.error(field, f"cannot open the store: {error}") from None
         host, port = config.listen.host, config.listen.port
         try:
             await web.TCPSite(runner, host, port).start()
@@ -87,7 +88,7 @@ async def serve(config: CollectorConfig, document: YamlDocument) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         log.info(kv("collector_started", version=__version__, listen=f"{host}:{port}", store=config.store.backend,
-                    path=config.store.path, probes=len(config.probes)))  # fmt: skip
+                    path=config.store.location, probes=len(config.probes)))  # fmt: skip
         await stop.wait()
         log.info(kv("collector_stopping", grace_seconds=SHUTDOWN_SECONDS))
     finally:
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.check:
         print(f"{args.config}: ok: listen {config.listen.host}:{config.listen.port}, "
-              f"store {config.store.backend} {config.store.path}, {len(config.probes)} probes")  # fmt: skip
+              f"store {config.store.backend} {config.store.location}, {len(config.probes)} probes")  # fmt: skip
         return 0
     logs.setup(config.log_level)
     if not config.probes:

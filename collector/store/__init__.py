@@ -1,7 +1,8 @@
 """Where batches are kept for good: the Store protocol, the records it returns, and the backend registry.
 
-A backend is one module with a class satisfying `Store` and one line in `_BACKENDS`; `sqlite` is the
-first. Every method is async: backends do their blocking I/O off the event loop.
+A backend is one module with a class satisfying `Store` and one line in `_BACKENDS`: `sqlite` (one
+local file) and `influx` (an InfluxDB write API). Every method is async: backends do their blocking
+I/O off the event loop.
 """
 
 from __future__ import annotations
@@ -117,8 +118,15 @@ async def _open_sqlite(config: StoreConfig) -> Store:
     return await SqliteStore.open(config.path)
 
 
+async def _open_influx(config: StoreConfig) -> Store:
+    from .influx import InfluxStore
+
+    assert config.influx is not None  # the config check requires the section for this backend
+    return await InfluxStore.open(config.influx)
+
+
 #: backend name (config `store.backend`) → opener; a new backend is one module and one line here
-_BACKENDS: dict[str, Opener] = {"sqlite": _open_sqlite}
+_BACKENDS: dict[str, Opener] = {"sqlite": _open_sqlite, "influx": _open_influx}
 
 
 async def open_store(config: StoreConfig) -> Store:

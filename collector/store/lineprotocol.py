@@ -1,0 +1,100 @@
+"""InfluxDB line protocol for stored batches: one point per result at its true start time, one per batch.
+
+Pure functions, no I/O. The output is what influxdb-client's `Point.to_line_protocol()` gives for the
+same point (tags and fields sorted, same escaping, whole floats without `.0`); a unit test holds that.
+Encoding here rather than through `Point` is about five times faster on the ingest path.
+
+Schema (docs/metrics.md, "InfluxDB schema"):
+
+- `qiancheng_result`, time = the result's `start_ns`; tags `probe, city, isp, target, target_class,
+  kind`; fields: every figure (float, base units), `duration_seconds`, `success` (1i/0i), `seq`
+  (integer), `error` (string, failures only). A point is identified by measurement, tags and time, so
+  writing the same result twice writes the same point, which InfluxDB overwrites rather than doubles.
+- `qiancheng_probe`, time = when the collector stored the batch; tags `probe, city, isp`; fields: the
+  probe's own `stats` (spool backlog, drops, ...) and `results` (integer, results in the batch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from qiancheng.probes.result import Result
+from qiancheng.probes.wire import Batch
+
+__all__ = [
+    "RESULT_MEASUREMENT",
+    "PROBE_MEASUREMENT",
+    "RESERVED_FIELDS",
+    "result_line",
+    "probe_line",
+    "batch_lines",
+]
+
+RESULT_MEASUREMENT: Final = "qiancheng_result"
+PROBE_MEASUREMENT: Final = "qiancheng_probe"
+#: fields every result point has; a figure of the same name is shadowed by them
+RESERVED_FIELDS: Final = ("duration_seconds", "success", "seq", "error")
+
+# line protocol: in keys and tag values `,` `=` and space are escaped; a line break cannot appear raw
+_ESCAPE_KEY: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_ESCAPE_STRING: Final = str.maketrans({'"': r"\"", "\\": r"\\"})
+
+
+def _key(text: str) -> str:
+    return text.translate(_ESCAPE_KEY)
+
+
+def _tag_value(text: str) -> str:
+    escaped = text.translate(_ESCAPE_KEY)
+    # a trailing backslash would escape the separator after it
+    return escaped + " " if escaped.endswith("\\") else escaped
+
+
+def _float(value: float) -> str:
+    text = str(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _tags(tags: Iterable[tuple[str, str]]) -> str:
+    # an empty tag value is not allowed in line protocol: such a tag is left out
+    return "".join(f",{_key(name)}={_tag_value(value)}" for name, value in sorted(tags) if value)
+
+
+def _fields(floats: Mapping[str, float], integers: Mapping[str, int], strings: Mapping[str, str]) -> str:
+    rendered: dict[str, str] = {}
+    for name, number in floats.items():
+        if math.isfinite(number):  # line protocol has no NaN or infinity
+            rendered[name] = _float(number)
+    for name, integer in integers.items():
+        rendered[name] = f"{integer}i"
+    for name, text in strings.items():
+        rendered[name] = '"' + text.translate(_ESCAPE_STRING) + '"'
+    return ",".join(f"{_key(name)}={rendered[name]}" for name in sorted(rendered))
+
+
+def result_line(probe: str, city: str, isp: str, result: Result) -> str:
+    """The `qiancheng_result` point of one result, timestamped with its start time (ns)."""
+    target = result.target
+    tags = _tags((("probe", probe), ("city", city), ("isp", isp), ("target", target.name),
+                  ("target_class", target.target_class), ("kind", result.kind)))  # fmt: skip
+    floats = {name: value for name, value in result.figures.items() if name not in RESERVED_FIELDS}
+    floats["duration_seconds"] = result.duration_seconds
+    strings = {"error": result.error} if result.error else {}
+    fields = _fields(floats, {"success": int(result.success), "seq": result.seq}, strings)
+    return f"{RESULT_MEASUREMENT}{tags} {fields} {result.start_ns}"
+
+
+def probe_line(batch: Batch, received_ns: int) -> str:
+    """The `qiancheng_probe` point of one batch: the probe's own figures when the collector stored it."""
+    tags = _tags((("probe", batch.probe_id), ("city", batch.city), ("isp", batch.isp)))
+    stats = {name: value for name, value in batch.stats.items() if name != "results"}
+    return f"{PROBE_MEASUREMENT}{tags} {_fields(stats, {'results': len(batch.results)}, {})} {received_ns}"
+
+
+def batch_lines(batch: Batch, results: Iterable[Result], received_ns: int) -> str:
+    """The body of one write: a point per result of `results` (from `batch`), then the probe's point."""
+    lines = [result_line(batch.probe_id, batch.city, batch.isp, result) for result in results]
+    lines.append(probe_line(batch, received_ns))
+    return "\n".join(lines)
