@@ -16,6 +16,9 @@ __all__ = [
     "ProbeSummary",
     "Totals",
     "LatestResponse",
+    "SlaWindow",
+    "SlaObjective",
+    "SlaResponse",
     "encode",
 ]
 
@@ -81,6 +84,51 @@ class LatestResponse(msgspec.Struct, frozen=True):
     results: list[LatestEntry]
     probes: list[ProbeSummary]
     totals: Totals
+
+
+class SlaWindow(msgspec.Struct, frozen=True):
+    """An indicator over one sliding window: its value in base units (null: no data) and the results read."""
+
+    window: str
+    seconds: float
+    value: float | None
+    results: int
+
+
+class SlaObjective(msgspec.Struct, frozen=True):
+    """Where one objective of one SLA profile stands for one series (probe, target, kind).
+
+    `indicator` is the objective's name (the metric label), `measures` the indicator it computes; `status`
+    is `ok`, `breach` or `no_data` since `since_ns` (UTC ns); streaks count consecutive judged windows.
+    """
+
+    probe: str
+    city: str
+    isp: str
+    target: str
+    target_class: str
+    kind: str
+    profile: str
+    indicator: str
+    measures: str
+    unit: str
+    bound: Literal["max", "min"]
+    threshold: float
+    status: Literal["ok", "breach", "no_data"]
+    since_ns: int
+    bad_streak: int
+    good_streak: int
+    windows: list[SlaWindow]
+
+
+class SlaResponse(msgspec.Struct, frozen=True):
+    """Body of GET /api/v1/sla: the latest judgement pass (judged_ns 0: none yet) and its objectives."""
+
+    judged_ns: int
+    pass_seconds: float
+    open_after: int
+    close_after: int
+    objectives: list[SlaObjective]
 
 
 _encoder = msgspec.json.Encoder()

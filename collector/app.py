@@ -25,6 +25,7 @@ from .ingest import Ingest
 from .live import LiveState
 from .metrics import build_registry, new_live_state
 from .openapi import HEALTH_PATH, LATEST_PATH, METRICS_PATH, OPENAPI_PATH, openapi_document
+from .sla.service import install_sla
 from .store import Store, StoreError, open_store
 
 __all__ = [
@@ -181,4 +182,5 @@ def make_app(
     app.router.add_get(HEALTH_PATH, _health)
     app.router.add_get(LATEST_PATH, _latest)
     app.router.add_get(OPENAPI_PATH, _openapi)
+    install_sla(app, config, app[REGISTRY_KEY], clock)  # after the store's ctx: judging reads the open store
     return app

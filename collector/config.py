@@ -17,6 +17,8 @@ from qiancheng.probes.result import NAME_PATTERN
 from qiancheng.probes.settings import Duration, Size
 from qiancheng.probes.wire import MAX_RESULTS_PER_BATCH
 
+from .sla.profiles import load_sla_profiles
+
 __all__ = [
     "DEFAULT_PORT",
     "ListenConfig",
@@ -25,6 +27,7 @@ __all__ = [
     "ProbeEntry",
     "LimitsConfig",
     "MetricsConfig",
+    "SlaConfig",
     "CollectorConfig",
     "load_collector_config",
 ]
@@ -98,6 +101,20 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     series_ttl: Duration = Duration(3600.0)
 
 
+class SlaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """SLA judgement (docs/sla.md): the profiles file, the sliding windows, how often, and the hysteresis."""
+
+    #: sla.yaml, relative to this config's directory; empty: no judgement
+    profiles: str = ""
+    #: sliding windows over the stored results; the first one judges, the others are reported
+    windows: tuple[Duration, ...] = (Duration(300.0), Duration(3600.0))
+    #: one judgement pass every `interval`
+    interval: Duration = Duration(60.0)
+    #: a breach opens after this many consecutive bad windows, and closes after `close_after` good ones
+    open_after: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    close_after: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+
+
 class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole collector config file."""
 
@@ -106,6 +123,7 @@ class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     probes: list[ProbeEntry] = []
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    sla: SlaConfig = SlaConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -157,4 +175,25 @@ def load_collector_config(file: str | Path) -> tuple[CollectorConfig, YamlDocume
     """
     config, document = load_struct(file, CollectorConfig)
     _check(config, document)
-    return config, document
+    return _with_sla_profiles(config, document), document
+
+
+def _with_sla_profiles(config: CollectorConfig, document: YamlDocument) -> CollectorConfig:
+    """Check the SLA section and its profiles file now (its errors name sla.yaml's own lines); the path
+    is made absolute, relative to the directory of the config that names it."""
+    sla = config.sla
+    if not sla.windows:
+        raise document.error(("sla", "windows"), "give at least one window, e.g. [5m, 1h]")
+    for index, window in enumerate(sla.windows):
+        if window < 1.0:
+            raise document.error(("sla", "windows", index), "a window must be at least 1s")
+    if sla.interval < 0.1:
+        raise document.error(("sla", "interval"), "must be at least 100ms")
+    if not sla.profiles:
+        return config
+    path = Path(document.file).parent / sla.profiles
+    if config.store.backend != "sqlite":
+        raise document.error(("sla", "profiles"), "SLA judgement reads the sqlite store; it is not available with "
+                             f"backend {config.store.backend} (leave sla.profiles empty)")
+    load_sla_profiles(path)
+    return msgspec.structs.replace(config, sla=msgspec.structs.replace(sla, profiles=str(path.resolve())))

@@ -8,12 +8,13 @@ import msgspec
 
 from qiancheng.probes.wire import MAX_RESULTS_PER_BATCH, RESULTS_PATH, Batch
 
-from .api import Ack, ErrorBody, Health, LatestResponse
+from .api import Ack, ErrorBody, Health, LatestResponse, SlaResponse
 
-__all__ = ["OPENAPI_PATH", "LATEST_PATH", "HEALTH_PATH", "METRICS_PATH", "openapi_document"]
+__all__ = ["OPENAPI_PATH", "LATEST_PATH", "SLA_PATH", "HEALTH_PATH", "METRICS_PATH", "openapi_document"]
 
 OPENAPI_PATH: Final = "/api/v1/openapi.json"
 LATEST_PATH: Final = "/api/v1/latest"
+SLA_PATH: Final = "/api/v1/sla"
 HEALTH_PATH: Final = "/healthz"
 METRICS_PATH: Final = "/metrics"
 
@@ -34,10 +35,41 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
     return response
 
 
+def _sla_get(schema: dict[str, Any]) -> dict[str, Any]:
+    filters = [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
+        for name, text in (
+            ("city", "only series of probes in this city"),
+            ("isp", "only series of probes on this ISP"),
+            ("probe", "only this probe"),
+            ("target", "only this target name"),
+            ("profile", "only this SLA profile (400 if sla.yaml does not define it)"),
+        )
+    ]
+    return {
+        "operationId": "getSla",
+        "summary": "SLA judgement: every objective of every applicable profile, per series, with per-window values",
+        "description": (
+            "From the latest judgement pass (every sla.interval). Each objective's indicator is computed over "
+            "sliding windows of the stored results (exact percentiles over the raw samples); the first window "
+            "judges. A breach opens after open_after consecutive bad windows and closes after close_after good "
+            "ones; `since_ns` is when the current status began. `no_data` means nothing was measured for the "
+            "indicator in the judging window: neither a pass nor a breach. Thresholds and values are in base "
+            "units (seconds, ratios 0..1, bits per second). Filters are exact matches; several combine with AND."
+        ),
+        "parameters": filters,
+        "responses": {
+            "200": {"description": "The latest pass.", "content": {"application/json": {"schema": schema}}},
+            "400": _error("An unknown query parameter, or a profile sla.yaml does not define."),
+            "404": _error("SLA judgement is not configured (sla.profiles in the collector config)."),
+        },
+    }
+
+
 def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
     """The OpenAPI 3.1 document (a JSON-ready dict) for this collector's limits."""
-    (batch, ack, _, health, latest), components = msgspec.json.schema_components(
-        (Batch, Ack, ErrorBody, Health, LatestResponse), ref_template=_REF
+    (batch, ack, _, health, latest, sla), components = msgspec.json.schema_components(
+        (Batch, Ack, ErrorBody, Health, LatestResponse, SlaResponse), ref_template=_REF
     )
     results_post = {
         "operationId": "postResults",
@@ -112,6 +144,7 @@ def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
                     },
                 }
             },
+            SLA_PATH: {"get": _sla_get(sla)},
             HEALTH_PATH: {
                 "get": {
                     "operationId": "getHealth",

@@ -34,9 +34,10 @@ def test_example_config_validates() -> None:
     # every key of the Struct appears in the documented example
     text = (ROOT / "configs" / "collector.yaml").read_text()
     for key in ("listen:", "host:", "port:", "store:", "backend:", "path:", "probes:", "token_sha256:",
-                "limits:", "max_body_bytes:", "max_results_per_batch:", "metrics:", "series_ttl:", "log_level:"):  # fmt: skip
+                "limits:", "max_body_bytes:", "max_results_per_batch:", "metrics:", "series_ttl:", "log_level:",
+                "sla:", "profiles:", "windows:", "interval:", "open_after:", "close_after:"):  # fmt: skip
         assert key in text
-    assert set(CollectorConfig.__struct_fields__) == {"listen", "store", "probes", "limits", "metrics", "log_level"}
+    assert set(CollectorConfig.__struct_fields__) == {"listen", "store", "probes", "limits", "metrics", "sla", "log_level"}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,102 @@
+"""The SLA judgement inside the collector: the periodic pass, its metrics, and GET /api/v1/sla.
+
+`install_sla` wires it into the app; the pass starts once the store is open (cleanup_ctx order) and
+stops before it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from qiancheng.probes.logs import kv
+
+from ..api import ErrorBody, SlaObjective, SlaResponse, SlaWindow, encode
+from ..config import CollectorConfig
+from ..openapi import SLA_PATH
+from .exposition import SlaCollector
+from .judge import Judge, Judgement, window_name
+from .profiles import load_sla_profiles
+from .windows import WindowReader
+
+__all__ = ["SLA_KEY", "SLA_FILTERS", "install_sla", "objective_body"]
+
+log = logging.getLogger("qiancheng.collector.sla")
+
+SLA_KEY = web.AppKey("sla", Judge)
+#: query parameters of GET /api/v1/sla, each an exact match on the objective's label
+SLA_FILTERS: Final = ("city", "isp", "probe", "target", "profile")
+
+
+def objective_body(judgement: Judgement) -> SlaObjective:
+    """The JSON form of one judgement."""
+    key, objective, state = judgement.series, judgement.objective, judgement.state
+    return SlaObjective(
+        probe=key.probe, city=key.city, isp=key.isp, target=key.target, target_class=key.target_class,
+        kind=key.kind, profile=judgement.profile.name, indicator=objective.name, measures=objective.indicator.name,
+        unit=objective.indicator.unit, bound=objective.indicator.bound, threshold=objective.threshold,
+        status=state.status, since_ns=state.since_ns, bad_streak=state.bad_streak, good_streak=state.good_streak,
+        windows=[SlaWindow(window=window_name(w.seconds), seconds=w.seconds, value=w.value, results=w.results)
+                 for w in judgement.windows],
+    )  # fmt: skip
+
+
+def _refuse(status: int, error: str, field: str | None = None) -> web.Response:
+    return web.Response(status=status, body=encode(ErrorBody(error=error, field=field)), content_type="application/json")
+
+
+async def _get_sla(request: web.Request) -> web.Response:
+    judge = request.app[SLA_KEY]
+    unknown = sorted(set(request.query) - set(SLA_FILTERS))
+    if unknown:
+        return _refuse(400, f"unknown query parameter {unknown[0]!r} (filters: {', '.join(SLA_FILTERS)})", unknown[0])
+    wanted = {name: request.query[name] for name in SLA_FILTERS if request.query.get(name)}
+    profile = wanted.get("profile")
+    if profile is not None and profile not in judge.profiles.profiles:
+        return _refuse(400, f"unknown profile {profile!r} (defined: {', '.join(judge.profiles.profiles)})", "profile")
+    objectives = [
+        objective_body(j)
+        for j in judge.judgements
+        if all({**j.series.labels(), "profile": j.profile.name}[name] == value for name, value in wanted.items())
+    ]
+    body = SlaResponse(judged_ns=judge.judged_ns, pass_seconds=judge.pass_seconds, open_after=judge.open_after,
+                       close_after=judge.close_after, objectives=objectives)  # fmt: skip
+    return web.Response(body=encode(body), content_type="application/json")
+
+
+async def _not_configured(request: web.Request) -> web.Response:
+    return _refuse(404, "SLA judgement is not configured (collector config: sla.profiles)")
+
+
+def install_sla(app: web.Application, config: CollectorConfig, registry: CollectorRegistry, clock: Callable[[], int]) -> None:
+    """Add GET /api/v1/sla and, when sla.profiles is set, the judgement pass and its metrics."""
+    sla = config.sla
+    if not sla.profiles:
+        app.router.add_get(SLA_PATH, _not_configured)
+        return
+    judge = Judge(load_sla_profiles(sla.profiles), [float(w) for w in sla.windows], sla.open_after, sla.close_after)
+    app[SLA_KEY] = judge
+    registry.register(SlaCollector(judge))
+    store_path = config.store.path
+
+    async def judging(app: web.Application) -> AsyncIterator[None]:
+        reader = WindowReader(store_path)
+        task = asyncio.create_task(judge.run(reader, clock, float(sla.interval)), name="sla-judge")
+        log.info(kv("sla_started", profiles=len(judge.profiles.profiles), file=sla.profiles,
+                    windows=",".join(window_name(w) for w in judge.windows), interval=float(sla.interval)))  # fmt: skip
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await reader.close()
+
+    app.cleanup_ctx.append(judging)
+    app.router.add_get(SLA_PATH, _get_sla)
