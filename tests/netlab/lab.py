@@ -15,6 +15,7 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -70,6 +71,16 @@ class Netns:
         if destination in ("default", "0.0.0.0/0", "::/0"):
             raise ValueError("a lab namespace never has a default route: name the destination prefix")
         self.run("ip", "route", "add", destination, "via", via)
+
+    def wait_listening(self, port: int, protocol: str = "tcp", timeout: float = 15) -> None:
+        """Block until a socket in this namespace listens on `port` (tcp) or is bound to it (udp)."""
+        flag = "-lt" if protocol == "tcp" else "-lu"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.run("ss", "-Hn", flag, f"sport = :{port}").stdout.strip():
+                return
+            time.sleep(0.05)
+        raise LabError(f"nothing listens on {protocol} port {port} in {self.name} after {timeout} s")
 
     def devices(self) -> list[str]:
         """The namespace's network devices besides loopback."""

@@ -32,13 +32,9 @@ def test_token_bucket_limits_a_transfer_to_its_rate(pair: Pair) -> None:
     iperf3 = require_tool("iperf3")
     rate = 20_000_000
     shape_rate(pair.client, pair.link.a_dev, rate)
-    server = pair.server.popen(iperf3, "-s", "-1", "-B", pair.link.b_addr)
-    done = pair.client.run(iperf3, "-c", pair.link.b_addr, "-t", "3", "-O", "1", "-J", check=False, timeout=30)
-    for _ in range(50):
-        if done.returncode == 0:
-            break
-        # the server may not listen yet: retry briefly
-        done = pair.client.run(iperf3, "-c", pair.link.b_addr, "-t", "3", "-O", "1", "-J", check=False, timeout=30)
+    server = pair.server.popen(iperf3, "-s", "-1", "-B", pair.link.b_addr, stdout=subprocess.DEVNULL)
+    pair.server.wait_listening(5201)
+    done = pair.client.run(iperf3, "-c", pair.link.b_addr, "-t", "3", "-O", "1", "-J", timeout=30)
     server.wait(timeout=10)
     report = json.loads(done.stdout)
     goodput = report["end"]["sum_received"]["bits_per_second"]
