@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Processes, free_port, wait_tcp
-from tests.integration.helpers import Collector, http_get, require_tool, wait_for
+from tests.integration.helpers import Collector, Responder, http_get, require_tool, wait_for
 
 Series = tuple[tuple[str, str], ...]
 
@@ -151,3 +151,29 @@ class Prometheus:
         assert answer["status"] == "success", answer
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
+
+
+@dataclass
+class JudgingCollector(Collector):
+    """A SQLite collector that also judges SLAs (configs/sla.yaml) every second over a 10 s window."""
+
+    def write_config(self) -> Path:
+        path = super().write_config()
+        profiles = Path(__file__).resolve().parents[2] / "configs" / "sla.yaml"
+        with path.open("a") as config:
+            config.write(f"sla: {{profiles: \"{profiles}\", windows: [10s], interval: 1s, open_after: 1, close_after: 1}}\n")
+        return path
+
+
+def city_targets(responder: Responder) -> str:
+    """Targets of every class the city scorecard shows, all served by one responder on loopback."""
+    echo, web, dns = f"127.0.0.1:{responder.echo_port}", f"http://127.0.0.1:{responder.http_port}/ping", responder.dns_port
+    return (
+        f"  - {{name: edge-echo, address: '{echo}', class: edge, kinds: [tcp]}}\n"
+        f"  - {{name: loopback, address: 127.0.0.1, class: edge, kinds: [icmp]}}\n"
+        f"  - {{name: pool-echo, address: '{echo}', class: cloud_pool, kinds: [tcp]}}\n"
+        f"  - {{name: cdn-echo, address: '{echo}', class: cdn, kinds: [tcp]}}\n"
+        f"  - {{name: cdn-web, address: '{web}', class: cdn, kinds: [http]}}\n"
+        f"  - {{name: hub-echo, address: '{echo}', class: national_hub, kinds: [tcp]}}\n"
+        f"  - {{name: resolver, address: '127.0.0.1:{dns}', class: dns, kinds: {{dns: {{query_name: www.qiancheng.test}}}}}}\n"
+    )
