@@ -237,6 +237,8 @@ class Lab:
             ns.run("ip", "addr", "add", addr, "peer", f"{peer}/32", "dev", dev)
             ns.run("ip", "-6", "addr", "add", addr6, "peer", f"{peer6}/128", "dev", dev, "nodad")
             ns.run("ip", "link", "set", dev, "up")
+            # IPv6 installs no route to a peer address given before the device was up; state it.
+            ns.run("ip", "-6", "route", "replace", f"{peer6}/128", "dev", dev)
         return DelayedLink(a, b, a_dev, b_dev, a_addr, b_addr, a_addr6, b_addr6, network, network6,
                            settings=settings, log_path=log_path, relay=process)
 

@@ -63,12 +63,15 @@ def test_a_blackhole_answers_nothing(pair: Pair) -> None:
 def test_relay_link_carries_packets_and_logs_each(lab: Lab) -> None:
     client, server = lab.namespace("client"), lab.namespace("server")
     link = lab.delayed_link(client, server, RelaySettings())
-    samples = fping_samples(client, link.b_addr, count=5, interval_ms=10)
-    assert all(s is not None for s in samples), samples
+    for address in (link.b_addr, link.b_addr6):
+        samples = fping_samples(client, address, count=5, interval_ms=10)
+        assert all(s is not None for s in samples), (address, samples)
     echoes = [r for r in link.log() if r.protocol == "icmp"]
     assert sorted(r.kind for r in echoes if r.direction == A_TO_B) == [8] * 5  # requests
     assert sorted(r.kind for r in echoes if r.direction == B_TO_A) == [0] * 5  # replies
     assert [r.sequence for r in echoes if r.direction == A_TO_B] == sorted(r.sequence for r in echoes if r.direction == A_TO_B)
+    echoes6 = [r for r in link.log() if r.protocol == "icmp6" and r.kind in (128, 129)]
+    assert len(echoes6) == 10  # five echo requests and five replies
 
 
 def test_teardown_removes_namespaces_even_after_a_failure() -> None:
