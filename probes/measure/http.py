@@ -30,7 +30,10 @@ for the whole test) → `timeout`; handshake or certificate failure → `tls_err
 parse → `protocol`; a body past `max_bytes` → `error` "body exceeds max_bytes". Failed results keep the
 figures of the phases that completed.
 
-Clock reads happen on the event loop, so a busy loop can delay them; kernel timestamps are not available
+Each mark is read where the event happens rather than when the waiting task resumes: in the resolver
+thread as getaddrinfo returns, in the loop's writable callback as the handshake completes, in the
+protocol's connection_made as TLS completes, in data_received for the first and last bytes. These are
+still clock reads on the event loop, so a busy loop can delay them; kernel timestamps are not available
 through asyncio's TLS transport. Creating the verifying TLS context (loading the CA store) happens once,
 in a thread.
 """
@@ -39,10 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import ssl
 import time
 from dataclasses import replace
+from typing import Any
 
 import h11
 
@@ -83,15 +88,19 @@ def _new_context(verify: bool) -> ssl.SSLContext:
 
 
 class _ResponseReader(asyncio.Protocol):
-    """Feeds received bytes to h11 as they arrive, stamping the first and the last byte; keeps no body."""
+    """Sends the request once connected, then feeds received bytes to h11 as they arrive, stamping each
+    boundary as it happens; keeps no body."""
 
-    def __init__(self, connection: h11.Connection, max_bytes: int, done: asyncio.Future[None]) -> None:
+    def __init__(self, connection: h11.Connection, request: bytes, max_bytes: int, done: asyncio.Future[None]) -> None:
         self._connection = connection
+        self._request = request
         self._max_bytes = max_bytes
         self._done = done
         self._transport: asyncio.Transport | None = None
         self._head = bytearray()  # bytes received until the final response's headers are parsed
         self._informational = 0
+        self.connected_ns: int | None = None
+        self.request_sent_ns: int | None = None
         self.first_byte_ns: int | None = None
         self.last_byte_ns: int | None = None
         self.response: h11.Response | None = None
@@ -99,8 +108,15 @@ class _ResponseReader(asyncio.Protocol):
         self.body_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Over TLS asyncio calls this the moment the handshake is done: the exact appconnect mark, taken
+        # before the waiting task resumes.
+        self.connected_ns = time.perf_counter_ns()
         assert isinstance(transport, asyncio.Transport)  # TCP and TLS transports both are
         self._transport = transport
+        # The request goes out from here, not after the waiting task resumes, so that no loop turn of
+        # ours sits between the handshake and the request (curl's appconnect and pretransfer are µs apart).
+        self.request_sent_ns = time.perf_counter_ns()
+        transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter_ns()
@@ -167,6 +183,41 @@ def _connect_error(error: OSError, where: str) -> MeasurementError:
     return MeasurementError("error", f"connect to {where}: {error}")
 
 
+def _lookup(host: str, port: int) -> tuple[list[tuple[Any, ...]], int]:
+    """getaddrinfo, run in a thread, and the perf_counter ns it returned at (not when the loop noticed)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return infos, time.perf_counter_ns()
+
+
+async def _connect_stamped(sock: socket.socket, address: tuple[str, int]) -> int:
+    """Connect the non-blocking `sock`; perf_counter ns of the handshake's end, OSError if it failed.
+
+    The mark is read in the loop's writable callback, as the TCP kind does, rather than when the task
+    waiting here resumes one loop iteration later.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        sock.connect(address)
+        return time.perf_counter_ns()
+    except (BlockingIOError, InterruptedError):
+        pass
+    writable: asyncio.Future[int] = loop.create_future()
+
+    def on_writable() -> None:
+        if not writable.done():
+            writable.set_result(time.perf_counter_ns())
+
+    loop.add_writer(sock.fileno(), on_writable)
+    try:
+        connected_ns = await writable
+    finally:
+        loop.remove_writer(sock.fileno())
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))  # OSError picks the matching subclass (ConnectionRefusedError)
+    return connected_ns
+
+
 def _prepared_request(plan: RequestPlan, settings: HttpSettings) -> tuple[h11.Connection, bytes]:
     """The h11 connection and the request's bytes, built before the clock starts; error if headers are bad."""
     connection = h11.Connection(h11.CLIENT)
@@ -225,25 +276,24 @@ class _Exchange:
             self.marks = replace(self.marks, namelookup=self.marks.start)
         else:
             try:
-                infos = await loop.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+                infos, resolved_ns = await loop.run_in_executor(None, _lookup, plan.host, plan.port)
             except socket.gaierror as error:
                 raise MeasurementError("resolve", f"{plan.host}: {error.strerror}") from None
             except UnicodeError as error:  # not encodable as IDNA: no resolver could find it
                 raise MeasurementError("resolve", f"{plan.host}: {error}") from None
-            self.marks = replace(self.marks, namelookup=time.perf_counter_ns())
+            self.marks = replace(self.marks, namelookup=resolved_ns)
             addresses = [(info[0], (str(info[4][0]), int(info[4][1]))) for info in infos]
         return addresses
 
     async def _connect(self, addresses: list[tuple[socket.AddressFamily, tuple[str, int]]]) -> socket.socket:
         self.phase = "connect"
-        loop = asyncio.get_running_loop()
         last_error: OSError | None = None
         for family, address in addresses:
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the request goes out at once
-                await loop.sock_connect(sock, address)
+                connected_ns = await _connect_stamped(sock, address)
             except OSError as error:
                 sock.close()
                 last_error = error
@@ -251,7 +301,7 @@ class _Exchange:
             except BaseException:  # cancelled by the deadline: do not leak the socket
                 sock.close()
                 raise
-            self.marks = replace(self.marks, connect=time.perf_counter_ns())
+            self.marks = replace(self.marks, connect=connected_ns)
             self.info["address"] = address[0]
             return sock
         assert last_error is not None  # getaddrinfo never returns an empty list
@@ -261,7 +311,7 @@ class _Exchange:
         loop = asyncio.get_running_loop()
         plan, settings, context = self.plan, self.settings, self._context
         done: asyncio.Future[None] = loop.create_future()
-        reader = _ResponseReader(self._connection, int(settings.max_bytes), done)
+        reader = _ResponseReader(self._connection, self._wire, int(settings.max_bytes), done)
         if context is not None:
             self.phase = "tls"
             try:
@@ -279,7 +329,7 @@ class _Exchange:
             except BaseException:
                 sock.close()
                 raise
-            self.marks = replace(self.marks, appconnect=time.perf_counter_ns())
+            self.marks = replace(self.marks, appconnect=reader.connected_ns or time.perf_counter_ns())
             ssl_object = self._transport.get_extra_info("ssl_object")
             if isinstance(ssl_object, ssl.SSLObject) and (version := ssl_object.version()):
                 self.info["tls_version"] = version
@@ -291,8 +341,7 @@ class _Exchange:
                 raise
         self.reader = reader
         self.phase = "ttfb"
-        self.marks = replace(self.marks, pretransfer=time.perf_counter_ns())
-        self._transport.write(self._wire)
+        self.marks = replace(self.marks, pretransfer=reader.request_sent_ns)
         await done
 
     def phase_reached(self) -> str:
