@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +24,7 @@ from typing import Any, cast
 
 from tests.netlab.relay import RelayRecord, RelaySettings, read_log
 
-__all__ = ["Lab", "Netns", "Link", "DelayedLink", "LabError", "shape_rate", "drop_random", "drop_all",
+__all__ = ["Lab", "Netns", "Link", "DelayedLink", "LabError", "shape_rate", "drop_random", "drop_pattern", "drop_all",
            "dropped_packets"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,6 +299,17 @@ def drop_random(ns: Netns, percent: float, direction: str = "both") -> None:
         raise ValueError(f"percent must be within 0..100, got {percent}")
     # mod 10000 gives a resolution of 0.01 %.
     _drop(ns, f"numgen random mod 10000 < {round(percent * 100)} counter drop", direction, "loss")
+
+
+def drop_pattern(ns: Netns, dropped: Collection[int], period: int, direction: str = "in") -> None:
+    """Drop the IP packets whose position (from 0, modulo `period`, counted per hook and family) is in
+    `dropped`: a loss realization fixed in advance, so a test knows exactly which packets are lost."""
+    if not dropped:
+        return  # nothing to drop (an empty set is not valid nftables syntax)
+    if not all(0 <= i < period for i in dropped):
+        raise ValueError(f"positions must lie within 0..{period - 1}")
+    positions = ", ".join(str(i) for i in sorted(set(dropped)))
+    _drop(ns, f"numgen inc mod {period} {{ {positions} }} counter drop", direction, "pattern")
 
 
 def drop_all(ns: Netns, direction: str = "both") -> None:
