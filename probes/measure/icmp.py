@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
-import os
 import random
 import socket
 import struct
@@ -54,7 +54,10 @@ KIND = "icmp"
 
 _PROTOCOLS = {socket.AF_INET: socket.IPPROTO_ICMP, socket.AF_INET6: socket.IPPROTO_ICMPV6}
 _VERSIONS = {socket.AF_INET: 4, socket.AF_INET6: 6}
+_FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 _TOKEN_BYTES = 8
+# An idle socket stays open this long, so per-second tests of many targets do not reopen it for each train.
+_IDLE_CLOSE_SECONDS = 5.0
 _RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # room for a burst of replies from a thousand targets
 _READS_PER_WAKEUP = 256
 _LOOPED_PACKET_BYTES = 256  # enough of a looped-back request for its headers (the rest is truncated)
@@ -124,11 +127,36 @@ class _EchoSocket:
         # sequence → (train, packet index, address sent to); sequences are unique per socket
         self._routes: dict[int, tuple[_Train, int, str]] = {}
         self.users = 0
+        self.idle_since = 0.0
+        self.closed = False
+        self._closer: asyncio.Task[None] | None = None
         loop.add_reader(self.sock.fileno(), self._on_readable)
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if _sockets.get(self._loop, {}).get(self.family) is self:
+            del _sockets[self._loop][self.family]
         self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
+
+    def idle(self) -> None:
+        """No train uses the socket now: close it once it has stayed unused for a while."""
+        self.idle_since = self._loop.time()
+        if self._closer is None:
+            self._closer = self._loop.create_task(self._close_when_idle(), name=f"icmp{self.version} idle close")
+
+    async def _close_when_idle(self) -> None:
+        # One task per socket, not one per idle moment: with a thousand per-second targets the socket
+        # falls idle between most trains. Cancelled only when its event loop shuts down, which closes it.
+        try:
+            while True:
+                await asyncio.sleep(self.idle_since + _IDLE_CLOSE_SECONDS - self._loop.time())
+                if self.users == 0 and self._loop.time() - self.idle_since >= _IDLE_CLOSE_SECONDS:
+                    return
+        finally:
+            self.close()
 
     def register(self, address: str, train: _Train) -> list[int]:
         """Reserve `train.count` sequence numbers for packets to `address` and route their replies."""
@@ -170,7 +198,7 @@ class _EchoSocket:
             if echo is None or (self.mode == "raw" and echo.identifier != self.identifier):
                 continue
             route = self._routes.get(echo.sequence)
-            if route is not None and route[2] == _normal_address(source[0]):
+            if route is not None and route[2] == _received_address(source[0]):
                 train, index, _ = route
                 train.reply(index, echo.payload, kernel_timestamp_ns(ancillary), perf_ns)
 
@@ -217,7 +245,8 @@ def _open(family: socket.AddressFamily) -> tuple[socket.socket, str]:
     return sock, mode
 
 
-def _normal_address(text: str) -> str:
+@functools.lru_cache(maxsize=4096)
+def _received_address(text: str) -> str:
     """The canonical text of an address as received (IPv6 zone dropped), to match what was sent to."""
     try:
         return str(ipaddress.ip_address(text.partition("%")[0]))
@@ -232,7 +261,7 @@ def _acquire(family: socket.AddressFamily) -> _EchoSocket:
     loop = asyncio.get_running_loop()
     per_loop = _sockets.setdefault(loop, {})
     echo = per_loop.get(family)
-    if echo is None:
+    if echo is None or echo.closed:
         echo = per_loop[family] = _EchoSocket(family, loop)
     echo.users += 1
     return echo
@@ -240,9 +269,29 @@ def _acquire(family: socket.AddressFamily) -> _EchoSocket:
 
 def _release(echo: _EchoSocket) -> None:
     echo.users -= 1
-    if echo.users == 0:
-        _sockets.get(echo._loop, {}).pop(echo.family, None)
-        echo.close()
+    if echo.users == 0 and not echo.closed:
+        echo.idle()
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal_address(host: str) -> tuple[socket.AddressFamily, str] | None:
+    """(family, canonical text) of an IP literal, None for a name: tests of a literal skip the resolver."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), str(ip)
+
+
+@functools.lru_cache(maxsize=64)
+def _padding(size: int) -> bytes:
+    """The payload after the token: bytes counting up, as ping sends."""
+    return bytes(i & 0xFF for i in range(size))
+
+
+def _finish(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def measure(target: Target, settings: IcmpSettings) -> Result:
@@ -252,12 +301,17 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
         host, _ = split_host_port(target.address, 0)
     except ValueError as error:
         raise MeasurementError("error", str(error)) from None
-    family, address = await resolve(host, 0, settings.family, socket.SOCK_DGRAM)
+    literal = _literal_address(host)
+    if literal is not None and settings.family in ("auto", _FAMILY_NAMES[literal[0]]):
+        family, address = literal
+    else:
+        family, address = await resolve(host, 0, settings.family, socket.SOCK_DGRAM)
     loop = asyncio.get_running_loop()
-    train = _Train(settings.count, float(settings.timeout), os.urandom(_TOKEN_BYTES))
+    # The token only tells this train's replies from stale ones; it need not be secret, so no getrandom().
+    train = _Train(settings.count, float(settings.timeout), random.randbytes(_TOKEN_BYTES))
     train.complete = loop.create_future()
     train.samples = [None] * settings.count
-    payload = train.token + bytes(i & 0xFF for i in range(settings.size - _TOKEN_BYTES))
+    payload = train.token + _padding(settings.size - _TOKEN_BYTES)
     echo = _acquire(family)
     sequences = echo.register(address, train)
     send_errors: list[OSError] = []
@@ -281,11 +335,13 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
             train.sent_perf_ns.append(sent_perf_ns)
             train.sent_kernel_ns.append(0)
         last_deadline = (train.sent_perf_ns[-1] - time.perf_counter_ns()) / 1e9 + float(settings.timeout)
-        if last_deadline > 0:
+        if last_deadline > 0 and not train.complete.done():
+            # A plain timer rather than wait_for(): no task per train, which counts at thousands a second.
+            timer = loop.call_later(last_deadline, _finish, train.complete)
             try:
-                await asyncio.wait_for(asyncio.shield(train.complete), last_deadline)
-            except TimeoutError:
-                pass
+                await train.complete
+            finally:
+                timer.cancel()
     finally:
         echo.unregister(sequences, train)
         _release(echo)
