@@ -10,12 +10,13 @@ BASE_ENV := $(VENV)/.installed
 TEST_ENV := $(VENV)/.installed-test
 endif
 
-.PHONY: demo test unit integration lint bench check clean help
+.PHONY: demo test unit integration lint bench check clean help dashboards-preview
 
 help:
 	@echo "make demo   collector (SQLite) + responder + probe on loopback, live table (DEMO_SECONDS=N to stop after N s)"
 	@echo "make test   install test dependencies (pip and Debian packages) and run the whole suite"
 	@echo "make unit | integration | lint | bench"
+	@echo "make dashboards-preview   PNG of each Grafana dashboard from a short loopback run, in build/dashboards-preview/"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +51,11 @@ lint: $(TEST_ENV)
 bench: $(BASE_ENV)
 	$(PY) bench/ingest.py
 	$(PY) bench/wire_decode.py
+
+# a collector, a responder, probes in two cities and Prometheus on loopback for 90 s, then one PNG per dashboard
+dashboards-preview: $(BASE_ENV)
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check 'matplotlib>=3.8'
+	$(PY) dashboards/preview.py --out build/dashboards-preview
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache demo-data
