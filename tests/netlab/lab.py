@@ -13,6 +13,7 @@ import ipaddress
 import json
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -131,6 +132,7 @@ class Lab:
     def __init__(self, prefix: str, workdir: Path | None = None) -> None:
         self.prefix = prefix
         self.tag = f"{prefix}{os.getpid()}x{next(_instances)}"
+        self._own_workdir = workdir is None  # a directory of our own making is removed at teardown
         self.workdir = workdir or Path(f"/tmp/{self.tag}")
         self.namespaces: list[Netns] = []
         self.relays: list[subprocess.Popen[str]] = []
@@ -167,6 +169,8 @@ class Lab:
             _run(["ip", "netns", "del", ns.name], check=False)
         self.namespaces.clear()
         self.relays.clear()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def namespace(self, role: str) -> Netns:
         """A new namespace with loopback up and no routes besides its links' own prefixes."""

@@ -28,6 +28,20 @@ def test_a_link_carries_both_families_and_nothing_leaves(pair: Pair) -> None:
     assert done.returncode != 0 and "unreachable" in (done.stdout + done.stderr).lower()
 
 
+def test_a_router_forwards_between_its_links_in_both_families(lab: Lab) -> None:
+    client, router, server = lab.namespace("client"), lab.router(), lab.namespace("server")
+    near, far = lab.link(client, router), lab.link(router, server)
+    client.route(far.network, via=near.b_addr)
+    client.route(far.network6, via=near.b_addr6)
+    server.route(near.network, via=far.a_addr)
+    server.route(near.network6, via=far.a_addr6)
+    for address in (far.b_addr, far.b_addr6):
+        done = client.run("ping", "-c", "2", "-i", "0.05", address)
+        assert "2 received" in done.stdout and "ttl=63" in done.stdout, done.stdout  # one hop: 64 - 1
+    with pytest.raises(ValueError, match="default route"):
+        client.route("default", via=near.b_addr)
+
+
 def test_token_bucket_limits_a_transfer_to_its_rate(pair: Pair) -> None:
     iperf3 = require_tool("iperf3")
     rate = 20_000_000
