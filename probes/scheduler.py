@@ -5,6 +5,10 @@ id, target and kind: a thousand probes with the same config spread their tests a
 instead of hitting a target in the same second, and a restarted probe keeps its slots. A job runs its
 tests one after another, so it cannot overlap itself; a test that overruns its slot skips the missed
 slots. A semaphore bounds how many tests run at once across jobs.
+
+An idle job is a timer, not a task: a task exists only while a test runs. A probe with a thousand
+per-second targets thus holds a thousand timer handles (a few hundred bytes each) instead of a thousand
+suspended coroutines, and each test costs one timer and one task.
 """
 
 from __future__ import annotations
@@ -47,14 +51,15 @@ def seconds_until_slot(now: float, interval: float, offset: float) -> float:
 @dataclass
 class _Runner:
     job: Job
-    task: asyncio.Task[None] | None = None
-    busy: bool = False
+    offset: float
+    timer: asyncio.TimerHandle | None = None  # set while waiting for the next slot
+    task: asyncio.Task[None] | None = None  # set while a test runs (or waits for a concurrency slot)
     retiring: bool = False
     tests: int = field(default=0)
 
 
 class Scheduler:
-    """Keeps one task per job; `apply()` swaps the job set in place (for a SIGHUP reload)."""
+    """Keeps one timer per job, and a task per running test; `apply()` swaps the job set in place (SIGHUP)."""
 
     def __init__(
         self,
@@ -93,40 +98,55 @@ class Scheduler:
                 del self._runners[key]
         for key, job in wanted.items():
             if key not in self._runners:
-                runner = _Runner(job)
-                runner.task = asyncio.create_task(self._loop(runner), name=f"job {key[0]}/{key[1]}")
+                runner = _Runner(job, phase_offset(self._probe_id, job))
                 self._runners[key] = runner
+                self._arm(runner)
 
     async def stop(self) -> None:
         """Cancel every job now, in-flight tests too (their results were not yet measured)."""
-        tasks = [runner.task for runner in self._runners.values() if runner.task is not None]
+        runners = list(self._runners.values())
         self._runners.clear()
-        for task in tasks:
-            task.cancel()
+        tasks = []
+        for runner in runners:
+            runner.retiring = True
+            if runner.timer is not None:
+                runner.timer.cancel()
+            if runner.task is not None:
+                runner.task.cancel()
+                tasks.append(runner.task)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _retire(self, runner: _Runner) -> None:
+        """No further tests; a test already running finishes, so its result is kept."""
         runner.retiring = True
-        if not runner.busy and runner.task is not None:
-            runner.task.cancel()
+        if runner.timer is not None:
+            runner.timer.cancel()
+            runner.timer = None
 
-    async def _loop(self, runner: _Runner) -> None:
+    def _arm(self, runner: _Runner) -> None:
+        """Start the runner's next test at its next slot."""
+        delay = seconds_until_slot(self._now(), float(runner.job.settings.interval), runner.offset)
+        runner.timer = asyncio.get_running_loop().call_later(delay, self._start, runner)
+
+    def _start(self, runner: _Runner) -> None:
+        runner.timer = None
+        if not runner.retiring:
+            key = runner.job.key
+            runner.task = asyncio.get_running_loop().create_task(self._test(runner), name=f"job {key[0]}/{key[1]}")
+
+    async def _test(self, runner: _Runner) -> None:
+        """One test: measure within the concurrency bound, hand the result to the sink, arm the next slot."""
         job = runner.job
-        interval = float(job.settings.interval)
-        offset = phase_offset(self._probe_id, job)
-        while not runner.retiring:
-            await asyncio.sleep(seconds_until_slot(self._now(), interval, offset))
-            runner.busy = True
-            try:
-                async with self._slots:
-                    result = await self._measure(job.kind, job.target, job.settings)
-                # Shielded: once measured, a result reaches the spool even if we are cancelled now.
-                await asyncio.shield(self._sink(job, result))
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - one job's trouble must not stop the others
-                log.error(kv("job_error", target=job.target.name, kind=job.kind, error=repr(error)))
-            finally:
-                runner.busy = False
-            runner.tests += 1
-            self.tests_run += 1
+        try:
+            async with self._slots:
+                result = await self._measure(job.kind, job.target, job.settings)
+            # Shielded: once measured, a result reaches the spool even if we are cancelled now.
+            await asyncio.shield(self._sink(job, result))
+        except Exception as error:  # noqa: BLE001 - one job's trouble must not stop the others
+            log.error(kv("job_error", target=job.target.name, kind=job.kind, error=repr(error)))
+        finally:
+            runner.task = None
+        runner.tests += 1
+        self.tests_run += 1
+        if not runner.retiring:
+            self._arm(runner)
