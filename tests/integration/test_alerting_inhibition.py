@@ -9,31 +9,12 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import Processes, free_port, wait_tcp
-from tests.integration.alert_webhook import WebhookReceiver
-from tests.integration.helpers import require_tool, wait_for
-
-ROOT = Path(__file__).parents[2]
-SHIPPED = ROOT / "configs" / "alertmanager" / "alertmanager.yml"
-
-
-def alertmanager_config(shipped: Path, receiver: WebhookReceiver, group_wait: dict[str, str], group_interval: str) -> dict[str, Any]:
-    """The shipped config with its receivers pointed at `receiver` (/<receiver name>) and shorter waits."""
-    config: dict[str, Any] = yaml.safe_load(shipped.read_text())
-    for entry in config["receivers"]:
-        for hook in entry["webhook_configs"]:
-            hook["url"] = receiver.url("/" + entry["name"])
-    config["route"]["group_interval"] = group_interval
-    for route in config["route"]["routes"]:
-        severity = route["matchers"][0].split("=")[1].strip('"')
-        route["group_wait"] = group_wait[severity]
-        route["group_interval"] = group_interval
-    return config
+from tests.conftest import Processes
+from tests.integration.alerting import WebhookReceiver, alertmanager_alerts, alertmanager_config, start_alertmanager
+from tests.integration.helpers import wait_for
 
 
 @pytest.fixture
@@ -43,20 +24,6 @@ def webhook() -> Iterator[WebhookReceiver]:
         yield receiver
     finally:
         receiver.close()
-
-
-def start_alertmanager(processes: Processes, tmp_path: Path, config: dict[str, Any]) -> str:
-    binary = require_tool("prometheus-alertmanager")
-    path = tmp_path / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    processes.start(binary, f"--config.file={path}", f"--storage.path={tmp_path / 'am-data'}",
-                    f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn",
-                    name="alertmanager")  # fmt: skip
-    wait_tcp(port)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: urllib.request.urlopen(url + "/-/ready", timeout=1).status == 200, 15, "alertmanager ready")
-    return url
 
 
 def post_alerts(url: str, alerts: list[dict[str, str]]) -> None:
@@ -71,8 +38,7 @@ def post_alerts(url: str, alerts: list[dict[str, str]]) -> None:
 
 def alert_states(url: str) -> dict[str, list[str]]:
     """alertname + its probe/city/target labels → the alerts inhibiting it (empty: active)."""
-    with urllib.request.urlopen(url + "/api/v2/alerts", timeout=5) as response:
-        alerts = json.loads(response.read())
+    alerts = alertmanager_alerts(url)
     return {
         ",".join(f"{k}={a['labels'][k]}" for k in ("alertname", "probe", "city", "target") if k in a["labels"]):
             a["status"]["inhibitedBy"]
@@ -81,7 +47,7 @@ def alert_states(url: str) -> dict[str, list[str]]:
 
 
 def test_inhibition_and_routing_of_the_shipped_config(processes: Processes, tmp_path: Path, webhook: WebhookReceiver) -> None:
-    url = start_alertmanager(processes, tmp_path, alertmanager_config(SHIPPED, webhook, {"critical": "1s", "warning": "2s"}, "2s"))
+    url = start_alertmanager(processes, tmp_path, alertmanager_config(webhook, {"critical": "1s", "warning": "2s"}, "2s"))
     edge = {"target": "edge-1", "target_class": "edge"}
     post_alerts(url, [
         # target-wide on edge-1: silences the city-wide alert and every probe's alert on edge-1
