@@ -16,6 +16,7 @@ Schema (docs/metrics.md, "InfluxDB schema"):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Final
@@ -42,6 +43,7 @@ _ESCAPE_KEY: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"
 _ESCAPE_STRING: Final = str.maketrans({'"': r"\"", "\\": r"\\"})
 
 
+@functools.lru_cache(maxsize=4096)  # figure and tag names repeat in every result: escape each once
 def _key(text: str) -> str:
     return text.translate(_ESCAPE_KEY)
 
@@ -74,16 +76,24 @@ def _fields(floats: Mapping[str, float], integers: Mapping[str, int], strings: M
     return ",".join(f"{_key(name)}={rendered[name]}" for name in sorted(rendered))
 
 
-def result_line(probe: str, city: str, isp: str, result: Result) -> str:
-    """The `qiancheng_result` point of one result, timestamped with its start time (ns)."""
+def _series(probe: str, city: str, isp: str, result: Result) -> str:
     target = result.target
     tags = _tags((("probe", probe), ("city", city), ("isp", isp), ("target", target.name),
                   ("target_class", target.target_class), ("kind", result.kind)))  # fmt: skip
+    return RESULT_MEASUREMENT + tags
+
+
+def _result_point(series: str, result: Result) -> str:
     floats = {name: value for name, value in result.figures.items() if name not in RESERVED_FIELDS}
     floats["duration_seconds"] = result.duration_seconds
     strings = {"error": result.error} if result.error else {}
     fields = _fields(floats, {"success": int(result.success), "seq": result.seq}, strings)
-    return f"{RESULT_MEASUREMENT}{tags} {fields} {result.start_ns}"
+    return f"{series} {fields} {result.start_ns}"
+
+
+def result_line(probe: str, city: str, isp: str, result: Result) -> str:
+    """The `qiancheng_result` point of one result, timestamped with its start time (ns)."""
+    return _result_point(_series(probe, city, isp, result), result)
 
 
 def probe_line(batch: Batch, received_ns: int) -> str:
@@ -95,6 +105,13 @@ def probe_line(batch: Batch, received_ns: int) -> str:
 
 def batch_lines(batch: Batch, results: Iterable[Result], received_ns: int) -> str:
     """The body of one write: a point per result of `results` (from `batch`), then the probe's point."""
-    lines = [result_line(batch.probe_id, batch.city, batch.isp, result) for result in results]
+    series: dict[tuple[str, str, str], str] = {}  # a batch holds few series: build each tag set once
+    lines = []
+    for result in results:
+        key = (result.target.name, result.target.target_class, result.kind)
+        prefix = series.get(key)
+        if prefix is None:
+            prefix = series[key] = _series(batch.probe_id, batch.city, batch.isp, result)
+        lines.append(_result_point(prefix, result))
     lines.append(probe_line(batch, received_ns))
     return "\n".join(lines)
