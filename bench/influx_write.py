@@ -137,15 +137,16 @@ def collector(workdir: Path, name: str, store: str) -> tuple[subprocess.Popen[by
     return process, f"http://127.0.0.1:{port}/api/v1/results"
 
 
-def points_in(vm_url: str) -> int:
-    """Samples of the benchmark probe's qiancheng_result_seq in victoria-metrics (one per result), after a flush."""
-    urllib.request.urlopen(vm_url + "/internal/force_flush", timeout=30).read()
-    time.sleep(3)  # new series reach the search index within a second or two
-    expr = f'sum(count_over_time(qiancheng_result_seq{{probe="{PROBE}"}}[30d]))'
-    query = urllib.parse.urlencode({"query": expr, "time": str(time.time() + 60)})
+def count_samples(vm_url: str, selector: str) -> int:
+    """Samples matching `selector` in victoria-metrics (call after a flush)."""
+    query = urllib.parse.urlencode({"query": f"sum(count_over_time({selector}[30d]))", "time": str(time.time() + 60)})
     answer = json.loads(urllib.request.urlopen(f"{vm_url}/api/v1/query?{query}", timeout=60).read())
     result = answer["data"]["result"]
     return int(float(result[0]["value"][1])) if result else 0
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def main() -> int:
@@ -199,9 +200,15 @@ def main() -> int:
                 process.wait(timeout=30)
         with sqlite3.connect(f"file:{workdir / 'c.db'}?mode=ro", uri=True) as db:
             rows = int(db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
-        points = points_in(vm_url)
+        urllib.request.urlopen(vm_url + "/internal/force_flush", timeout=30).read()
+        time.sleep(3)  # new series reach the search index within a second or two
+        points = count_samples(vm_url, f'qiancheng_result_seq{{probe="{PROBE}"}}')  # one per stored result
+        values = count_samples(vm_url, '{__name__=~"qiancheng_.*"}')  # every field of every point
         vm.send_signal(signal.SIGTERM)
         vm.wait(timeout=30)
+        size = disk_bytes(workdir / "vm")
+        print(f"victoria-metrics on disk: {size / 1e6:.1f} MB for {values} field values, {size / values:.2f} bytes each "
+              "(just written, before background merges compress further)")  # fmt: skip
         expected = acknowledged["influx"]
         ok = rows == acknowledged["sqlite"] and points == expected
         print(f"verified: sqlite {acknowledged['sqlite']:.0f} acknowledged, {rows} rows; influx {expected:.0f} acknowledged, "
