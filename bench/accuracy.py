@@ -20,7 +20,15 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' network library
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import qiancheng.probes  # noqa: F401
+except ModuleNotFoundError:  # run by an interpreter without the project: use the project's own venv
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    if venv_python.exists() and Path(sys.executable) != venv_python:
+        os.execv(str(venv_python), [str(venv_python), *sys.argv])
+    raise
+sys.path.insert(0, str(ROOT))  # the tests' network library
 
 from tests.netlab.conftest import PREFIX  # noqa: E402
 from tests.netlab.lab import Lab  # noqa: E402
