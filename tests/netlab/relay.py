@@ -194,30 +194,31 @@ def packet_identity(packet: bytes) -> tuple[str, int, int, int]:
     return "other", 0, 0, 0
 
 
-def _setns(path: str) -> None:
-    """Move this (single-threaded) process into the network namespace at `path` (no os.setns in 3.11)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"setns {path}: {os.strerror(error)}")
-    finally:
-        os.close(fd)
+def _setns(fd: int) -> None:
+    """Move this (single-threaded) process into the network namespace open at `fd` (no os.setns in 3.11)."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, _CLONE_NEWNET) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"setns: {os.strerror(error)}")
 
 
 def open_tun(netns: str, device: str) -> int:
-    """A non-blocking fd of a new TUN device `device` created inside the named namespace."""
-    home = f"/proc/{os.getpid()}/ns/net"
-    home_fd = os.open(home, os.O_RDONLY)
+    """A non-blocking fd of a new TUN device `device` created inside the named namespace.
+
+    A TUN device is created in the namespace of the process that opens it, and its fd keeps working from
+    anywhere: so the relay steps into the namespace, opens the device, and steps back.
+    """
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     try:
-        _setns(f"/run/netns/{netns}")
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", device.encode(), _IFF_TUN | _IFF_NO_PI))
+        _setns(target)
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", device.encode(), _IFF_TUN | _IFF_NO_PI))
+        finally:
+            _setns(home)
     finally:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.setns(home_fd, _CLONE_NEWNET)
-        os.close(home_fd)
+        os.close(target)
+        os.close(home)
     return fd
 
 
@@ -229,7 +230,8 @@ class _Relay:
         self.fds = fds  # direction → (read fd, write fd)
         self.log = log
         self.random = random.Random(settings.seed)
-        self.heap: list[tuple[int, int, str, bytes, int, str, bool]] = []
+        # (due ns, arrival order, direction, packet, arrival ns, copy, late): the order breaks ties FIFO
+        self.heap: list[tuple[int, int, str, bytes, int, int, bool]] = []
         self.order = 0
         self.last_release = {A_TO_B: 0, B_TO_A: 0}
 
@@ -257,7 +259,7 @@ class _Relay:
         copies = 2 if impaired and s.duplicate > 0 and self.random.random() < s.duplicate else 1
         for copy in range(copies):
             self.order += 1
-            heapq.heappush(self.heap, (due, self.order, direction, packet, arrival_ns, str(copy), late))
+            heapq.heappush(self.heap, (due, self.order, direction, packet, arrival_ns, copy, late))
 
     def release_due(self) -> None:
         while self.heap and self.heap[0][0] <= time.monotonic_ns():
