@@ -13,7 +13,8 @@ Checks run cheapest first, so that a client without a token never gets its body 
 | batch of another probe than the token's          | 403    |
 | more results than max_results_per_batch          | 413    |
 | a result not numbered by the spool (seq 0)       | 422    |
-| the store failed (disk full, I/O error)          | 503    |
+| the store failed (disk full, I/O error), or is   | 503    |
+| down or slower than store.influx.timeout         |        |
 | stored now, or stored before (duplicate)         | 200    |
 
 Every refusal is JSON (`ErrorBody`) and never a 5xx: a 5xx is left to genuine bugs (500) and to a
