@@ -10,8 +10,8 @@ also on failure or Ctrl-C; namespaces left behind by a lab whose process died ar
 from __future__ import annotations
 
 import ipaddress
-import json
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -69,9 +69,13 @@ class Netns:
         self.run("sh", "-c", f"echo {value} > /proc/sys/{key.replace('.', '/')}")
 
     def route(self, destination: str, via: str) -> None:
-        """Add a route to `destination` (a prefix, never `default`) through the neighbour `via`."""
-        if destination in ("default", "0.0.0.0/0", "::/0"):
+        """Add a route to `destination`, a prefix inside the lab's ranges, through the neighbour `via`."""
+        if destination == "default":
             raise ValueError("a lab namespace never has a default route: name the destination prefix")
+        network = ipaddress.ip_network(destination, strict=False)
+        pool = _IPV4_POOL if network.version == 4 else _IPV6_POOL
+        if not network.subnet_of(pool):  # type: ignore[arg-type]
+            raise ValueError(f"{destination} lies outside the lab's {pool}: no default route, no way out")
         self.run("ip", "route", "add", destination, "via", via)
 
     def wait_listening(self, port: int, protocol: str = "tcp", timeout: float = 15) -> None:

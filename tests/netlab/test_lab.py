@@ -40,6 +40,8 @@ def test_a_router_forwards_between_its_links_in_both_families(lab: Lab) -> None:
         assert "2 received" in done.stdout and "ttl=63" in done.stdout, done.stdout  # one hop: 64 - 1
     with pytest.raises(ValueError, match="default route"):
         client.route("default", via=near.b_addr)
+    with pytest.raises(ValueError, match="outside the lab"):
+        client.route("0.0.0.0/0", via=near.b_addr)
 
 
 def test_token_bucket_limits_a_transfer_to_its_rate(pair: Pair) -> None:
