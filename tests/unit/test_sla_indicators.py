@@ -59,6 +59,7 @@ def test_throughput_is_the_median_of_successful_tests_and_absent_without_them() 
     rows = [row(throughput_bits_per_second=4e8), row(throughput_bits_per_second=6e8),
             row(throughput_bits_per_second=5e8), row(success=False, throughput_bits_per_second=1.0)]  # fmt: skip
     assert value("download", rows) == 5e8
+    assert value("upload", rows[:2]) == 5e8  # an even count: the mean of the two middle values
     assert value("download", [row(success=False)]) is None
     assert value("mos", [row(mos=4.1), row(mos=3.9), row()]) == pytest.approx(4.0)
 
