@@ -30,24 +30,23 @@ for the whole test) → `timeout`; handshake or certificate failure → `tls_err
 parse → `protocol`; a body past `max_bytes` → `error` "body exceeds max_bytes". Failed results keep the
 figures of the phases that completed.
 
-Each mark is read where the event happens rather than when the waiting task resumes: in the resolver
-thread as getaddrinfo returns, in the loop's writable callback as the handshake completes, in the
-protocol's connection_made as TLS completes, in data_received for the first and last bytes. These are
-still clock reads on the event loop, so a busy loop can delay them; kernel timestamps are not available
-through asyncio's TLS transport. Creating the verifying TLS context (loading the CA store) happens once,
-in a thread.
+The exchange runs in a thread of its own as plain blocking calls (getaddrinfo, connect, the TLS handshake,
+send, recv), each done in C without the GIL, and each mark is read as the call returns, as curl reads
+its marks around its own calls. Marks read on the event loop instead carried a turn or two of the loop
+each (0.1-0.3 ms on a small box), which added up to about 1 ms in time_total. A busy event loop can
+still delay a mark, by at most the interpreter's switch interval (5 ms) while it holds the GIL. Creating
+the verifying TLS context (loading the CA store) happens once, in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import socket
 import ssl
+import threading
 import time
 from dataclasses import replace
-from typing import Any
 
 import h11
 
@@ -64,6 +63,10 @@ KIND = "http"
 USER_AGENT = f"qiancheng/{__version__}"
 
 _UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
+_RECEIVE_BYTES = 256 * 1024
+# How long past the test's timeout the caller waits for the exchange thread, whose socket calls keep
+# the deadline themselves; only a getaddrinfo that outlives it is cut off here.
+_DEADLINE_SLACK_SECONDS = 0.05
 
 # Verifying and non-verifying client contexts, built once: loading the CA store reads many files.
 _contexts: dict[bool, ssl.SSLContext] = {}
@@ -87,66 +90,28 @@ def _new_context(verify: bool) -> ssl.SSLContext:
     return context
 
 
-class _ResponseReader(asyncio.Protocol):
-    """Sends the request once connected, then feeds received bytes to h11 as they arrive, stamping each
-    boundary as it happens; keeps no body."""
+class _ResponseParser:
+    """Feeds received bytes to h11, counting header and body bytes; keeps no body."""
 
-    def __init__(self, connection: h11.Connection, request: bytes, max_bytes: int, done: asyncio.Future[None]) -> None:
+    def __init__(self, connection: h11.Connection, max_bytes: int) -> None:
         self._connection = connection
-        self._request = request
         self._max_bytes = max_bytes
-        self._done = done
-        self._transport: asyncio.Transport | None = None
         self._head = bytearray()  # bytes received until the final response's headers are parsed
         self._informational = 0
-        self.connected_ns: int | None = None
-        self.request_sent_ns: int | None = None
-        self.first_byte_ns: int | None = None
-        self.last_byte_ns: int | None = None
         self.response: h11.Response | None = None
         self.header_bytes = 0
         self.body_bytes = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Over TLS asyncio calls this the moment the handshake is done: the exact appconnect mark, taken
-        # before the waiting task resumes.
-        self.connected_ns = time.perf_counter_ns()
-        assert isinstance(transport, asyncio.Transport)  # TCP and TLS transports both are
-        self._transport = transport
-        # The request goes out from here, not after the waiting task resumes, so that no loop turn of
-        # ours sits between the handshake and the request (curl's appconnect and pretransfer are µs apart).
-        self.request_sent_ns = time.perf_counter_ns()
-        transport.write(self._request)
-
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter_ns()
-        if self.first_byte_ns is None:
-            self.first_byte_ns = now
+    def feed(self, data: bytes) -> bool:
+        """Hand bytes (b'' for EOF) to h11; True once the response has ended, MeasurementError if it is bad."""
         if self.response is None:
             self._head += data
-        self._feed(data, now)
-
-    def eof_received(self) -> bool:
-        self._feed(b"", time.perf_counter_ns())
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is None and not self._done.done():
-            self._feed(b"", time.perf_counter_ns())  # a close may end a close-delimited body
-        if not self._done.done():
-            why = f": {exc}" if exc else ""
-            self._done.set_exception(MeasurementError("error", f"connection closed before the response ended{why}"))
-
-    def _feed(self, data: bytes, now: int) -> None:
-        """Hand bytes (b'' for EOF) to h11 and act on every event it can now produce."""
-        if self._done.done():
-            return
         try:
             self._connection.receive_data(data)
             while True:
                 event = self._connection.next_event()
                 if event is h11.NEED_DATA or event is h11.PAUSED:
-                    return
+                    return False
                 if isinstance(event, h11.InformationalResponse):
                     self._informational += 1
                 elif isinstance(event, h11.Response):
@@ -156,23 +121,13 @@ class _ResponseReader(asyncio.Protocol):
                 elif isinstance(event, h11.Data):
                     self.body_bytes += len(event.data)
                     if self.body_bytes > self._max_bytes:
-                        self._fail(MeasurementError("error", "body exceeds max_bytes"))
-                        return
+                        raise MeasurementError("error", "body exceeds max_bytes")
                 elif isinstance(event, h11.EndOfMessage):
-                    self.last_byte_ns = now
-                    self._done.set_result(None)
-                    return
+                    return True
                 elif isinstance(event, h11.ConnectionClosed):
-                    self._fail(MeasurementError("protocol", "connection closed before the response ended"))
-                    return
+                    raise MeasurementError("protocol", "connection closed before the response ended")
         except h11.RemoteProtocolError as error:
-            self._fail(MeasurementError("protocol", f"bad HTTP response: {error}"))
-
-    def _fail(self, error: MeasurementError) -> None:
-        if not self._done.done():
-            self._done.set_exception(error)
-        if self._transport is not None:
-            self._transport.abort()
+            raise MeasurementError("protocol", f"bad HTTP response: {error}") from None
 
 
 def _connect_error(error: OSError, where: str) -> MeasurementError:
@@ -181,41 +136,6 @@ def _connect_error(error: OSError, where: str) -> MeasurementError:
     if error.errno in _UNREACHABLE_ERRNOS:
         return MeasurementError("unreachable", f"{where}: {error.strerror}")
     return MeasurementError("error", f"connect to {where}: {error}")
-
-
-def _lookup(host: str, port: int) -> tuple[list[tuple[Any, ...]], int]:
-    """getaddrinfo, run in a thread, and the perf_counter ns it returned at (not when the loop noticed)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    return infos, time.perf_counter_ns()
-
-
-async def _connect_stamped(sock: socket.socket, address: tuple[str, int]) -> int:
-    """Connect the non-blocking `sock`; perf_counter ns of the handshake's end, OSError if it failed.
-
-    The mark is read in the loop's writable callback, as the TCP kind does, rather than when the task
-    waiting here resumes one loop iteration later.
-    """
-    loop = asyncio.get_running_loop()
-    try:
-        sock.connect(address)
-        return time.perf_counter_ns()
-    except (BlockingIOError, InterruptedError):
-        pass
-    writable: asyncio.Future[int] = loop.create_future()
-
-    def on_writable() -> None:
-        if not writable.done():
-            writable.set_result(time.perf_counter_ns())
-
-    loop.add_writer(sock.fileno(), on_writable)
-    try:
-        connected_ns = await writable
-    finally:
-        loop.remove_writer(sock.fileno())
-    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if code:
-        raise OSError(code, os.strerror(code))  # OSError picks the matching subclass (ConnectionRefusedError)
-    return connected_ns
 
 
 def _prepared_request(plan: RequestPlan, settings: HttpSettings) -> tuple[h11.Connection, bytes]:
@@ -232,10 +152,12 @@ def _prepared_request(plan: RequestPlan, settings: HttpSettings) -> tuple[h11.Co
 
 
 class _Exchange:
-    """One request on a fresh connection; `marks` and `info` grow as phases complete, for partial results.
+    """One request on a fresh connection, made by blocking calls in a thread of its own.
 
-    Everything that is not network (request bytes, TLS context) is ready before the start mark, so
-    that no phase is charged for our own preparation.
+    Each blocking call (getaddrinfo, connect, the TLS handshake, recv) runs in C without the GIL, and the
+    clock is read the moment it returns, so no turn of the event loop lies between an event and its mark.
+    `marks`, `info` and `phase` grow as phases complete, for partial results. Everything that is not
+    network (request bytes, TLS context) is ready before the start mark.
     """
 
     def __init__(
@@ -248,123 +170,164 @@ class _Exchange:
     ) -> None:
         self.plan = plan
         self.settings = settings
-        self._connection = connection
         self._wire = wire
         self._context = context
+        self._deadline = 0.0
+        self.parser = _ResponseParser(connection, int(settings.max_bytes))
         self.marks = Marks(start=time.perf_counter_ns())
         self.phase = "dns"
         self.info: dict[str, str] = {}
-        self.reader: _ResponseReader | None = None
-        self._transport: asyncio.Transport | None = None
+        self.first_byte_ns: int | None = None
+        self.last_byte_ns: int | None = None
 
-    async def run(self) -> None:
+    def run(self) -> None:
+        """The whole exchange (blocking: call it in a thread); MeasurementError or TimeoutError if it fails."""
+        self._deadline = time.monotonic() + float(self.settings.timeout)
         self.marks = Marks(start=time.perf_counter_ns())
+        sock = self._connect(self._resolve())
         try:
-            addresses = await self._resolve()
-            sock = await self._connect(addresses)
-            await self._start(sock)
+            if self._context is not None:
+                sock = self._handshake(sock, self._context)
+            self._exchange(sock)
         finally:
-            if self._transport is not None:
-                self._transport.abort()  # the test is over either way; no graceful TLS close to time
+            sock.close()  # the test is over either way; no graceful TLS close to time
 
-    async def _resolve(self) -> list[tuple[socket.AddressFamily, tuple[str, int]]]:
-        loop = asyncio.get_running_loop()
+    def _remaining(self) -> float:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        return remaining
+
+    def _resolve(self) -> list[tuple[socket.AddressFamily, tuple[str, int]]]:
         plan = self.plan
         if plan.is_ip_literal:
-            family = socket.AF_INET6 if ":" in plan.host else socket.AF_INET
-            addresses = [(family, (plan.host, plan.port))]
             self.marks = replace(self.marks, namelookup=self.marks.start)
-        else:
-            try:
-                infos, resolved_ns = await loop.run_in_executor(None, _lookup, plan.host, plan.port)
-            except socket.gaierror as error:
-                raise MeasurementError("resolve", f"{plan.host}: {error.strerror}") from None
-            except UnicodeError as error:  # not encodable as IDNA: no resolver could find it
-                raise MeasurementError("resolve", f"{plan.host}: {error}") from None
-            self.marks = replace(self.marks, namelookup=resolved_ns)
-            addresses = [(info[0], (str(info[4][0]), int(info[4][1]))) for info in infos]
-        return addresses
+            return [(socket.AF_INET6 if ":" in plan.host else socket.AF_INET, (plan.host, plan.port))]
+        try:
+            infos = socket.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as error:
+            raise MeasurementError("resolve", f"{plan.host}: {error.strerror}") from None
+        except UnicodeError as error:  # not encodable as IDNA: no resolver could find it
+            raise MeasurementError("resolve", f"{plan.host}: {error}") from None
+        self.marks = replace(self.marks, namelookup=time.perf_counter_ns())
+        return [(info[0], (str(info[4][0]), int(info[4][1]))) for info in infos]
 
-    async def _connect(self, addresses: list[tuple[socket.AddressFamily, tuple[str, int]]]) -> socket.socket:
+    def _connect(self, addresses: list[tuple[socket.AddressFamily, tuple[str, int]]]) -> socket.socket:
         self.phase = "connect"
         last_error: OSError | None = None
         for family, address in addresses:
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the request goes out at once
-                connected_ns = await _connect_stamped(sock, address)
+                sock.settimeout(self._remaining())
+                sock.connect(address)
+            except TimeoutError:
+                sock.close()
+                raise
             except OSError as error:
                 sock.close()
                 last_error = error
                 continue
-            except BaseException:  # cancelled by the deadline: do not leak the socket
-                sock.close()
-                raise
-            self.marks = replace(self.marks, connect=connected_ns)
+            self.marks = replace(self.marks, connect=time.perf_counter_ns())
             self.info["address"] = address[0]
             return sock
         assert last_error is not None  # getaddrinfo never returns an empty list
         raise _connect_error(last_error, f"{self.plan.host} port {self.plan.port}")
 
-    async def _start(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        plan, settings, context = self.plan, self.settings, self._context
-        done: asyncio.Future[None] = loop.create_future()
-        reader = _ResponseReader(self._connection, self._wire, int(settings.max_bytes), done)
-        if context is not None:
-            self.phase = "tls"
-            try:
-                # SNI is the URL's host; Python sends none for an IP literal (RFC 6066 §3) and then
-                # checks the certificate's IP addresses instead.
-                self._transport, _ = await loop.create_connection(
-                    lambda: reader, sock=sock, ssl=context, server_hostname=plan.host
-                )
-            except ssl.SSLCertVerificationError as error:
-                sock.close()
-                raise MeasurementError("tls_error", f"certificate: {error.verify_message}") from None
-            except (ssl.SSLError, ConnectionError) as error:
-                sock.close()
-                raise MeasurementError("tls_error", f"handshake: {error}") from None
-            except BaseException:
-                sock.close()
-                raise
-            self.marks = replace(self.marks, appconnect=reader.connected_ns or time.perf_counter_ns())
-            ssl_object = self._transport.get_extra_info("ssl_object")
-            if isinstance(ssl_object, ssl.SSLObject) and (version := ssl_object.version()):
-                self.info["tls_version"] = version
-        else:
-            try:
-                self._transport, _ = await loop.create_connection(lambda: reader, sock=sock)
-            except BaseException:
-                sock.close()
-                raise
-        self.reader = reader
+    def _handshake(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+        self.phase = "tls"
+        try:
+            sock.settimeout(self._remaining())
+            # SNI is the URL's host; Python sends none for an IP literal (RFC 6066 §3) and then checks
+            # the certificate's IP addresses instead. Ragged EOFs read as EOF, so that a close-delimited
+            # body ends at the close, as over plain TCP.
+            secure = context.wrap_socket(sock, server_hostname=self.plan.host, suppress_ragged_eofs=True)
+        except ssl.SSLCertVerificationError as error:
+            raise MeasurementError("tls_error", f"certificate: {error.verify_message}") from None
+        except (ssl.SSLError, ConnectionError) as error:
+            raise MeasurementError("tls_error", f"handshake: {error}") from None
+        self.marks = replace(self.marks, appconnect=time.perf_counter_ns())
+        if version := secure.version():
+            self.info["tls_version"] = version
+        return secure
+
+    def _exchange(self, sock: socket.socket) -> None:
         self.phase = "ttfb"
-        self.marks = replace(self.marks, pretransfer=reader.request_sent_ns)
-        await done
+        self.marks = replace(self.marks, pretransfer=time.perf_counter_ns())
+        try:
+            sock.settimeout(self._remaining())
+            sock.sendall(self._wire)
+            done = False
+            while not done:
+                sock.settimeout(self._remaining())
+                data = sock.recv(_RECEIVE_BYTES)
+                now = time.perf_counter_ns()
+                if data and self.first_byte_ns is None:
+                    self.first_byte_ns = now
+                done = self.parser.feed(data)
+                if done:
+                    self.last_byte_ns = now
+                elif not data:  # h11 raises on an EOF inside a response; never spin on a closed socket
+                    raise MeasurementError("protocol", "connection closed before the response ended")
+        except (TimeoutError, MeasurementError):
+            raise
+        except OSError as error:
+            raise MeasurementError("error", f"connection closed before the response ended: {error}") from None
 
     def phase_reached(self) -> str:
         """The phase under way: dns, connect, tls, ttfb or body."""
-        if self.phase == "ttfb" and self.reader is not None and self.reader.first_byte_ns is not None:
+        if self.phase == "ttfb" and self.first_byte_ns is not None:
             return "body"
         return self.phase
 
     def result_parts(self) -> tuple[dict[str, float], dict[str, str]]:
         """Figures and info of whatever was reached, for success and failure alike."""
         marks, info = self.marks, dict(self.info)
-        reader = self.reader
-        if reader is not None:
-            marks = replace(marks, starttransfer=reader.first_byte_ns, total=reader.last_byte_ns)
+        if marks.pretransfer is not None:
+            marks = replace(marks, starttransfer=self.first_byte_ns, total=self.last_byte_ns)
         figures = phase_figures(marks, self.plan.tls)
-        if reader is not None and reader.response is not None:
-            response = reader.response
+        response = self.parser.response
+        if response is not None:
             figures["status_code"] = float(response.status_code)
-            figures["header_bytes"] = float(reader.header_bytes)
-            figures["bytes"] = float(reader.body_bytes)
+            figures["header_bytes"] = float(self.parser.header_bytes)
+            figures["bytes"] = float(self.parser.body_bytes)
             info["http_version"] = response.http_version.decode("ascii", "replace")
             info.update(response_info(response.headers.raw_items()))
         return figures, info
+
+
+def _run_in_thread(exchange: _Exchange) -> asyncio.Future[None]:
+    """Run the exchange in a daemon thread of its own; the future settles when it ends.
+
+    A daemon thread rather than an executor: a test stuck until its deadline must never hold up the
+    agent's exit, and no pool limit can queue one test behind others (its start would shift).
+    """
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+    # After a timeout nobody awaits the future; reading its outcome keeps asyncio from logging it as lost.
+    finished.add_done_callback(lambda future: future.cancelled() or future.exception())
+
+    def settle(error: BaseException | None) -> None:
+        if finished.done():
+            return
+        if error is None:
+            finished.set_result(None)
+        else:
+            finished.set_exception(error)
+
+    def body() -> None:
+        error: BaseException | None = None
+        try:
+            exchange.run()
+        except BaseException as caught:  # noqa: BLE001 - handed to the waiting task, which judges it
+            error = caught
+        try:
+            loop.call_soon_threadsafe(settle, error)
+        except RuntimeError:  # the loop has closed: nobody waits for this result any more
+            pass
+
+    threading.Thread(target=body, name="qiancheng-http", daemon=True).start()
+    return finished
 
 
 async def measure(target: Target, settings: HttpSettings) -> Result:
@@ -380,11 +343,13 @@ async def measure(target: Target, settings: HttpSettings) -> Result:
     exchange = _Exchange(plan, settings, connection, wire, context)
     reason: str | None = None
     detail = ""
+    timeout = float(settings.timeout)
     try:
-        async with asyncio.timeout(float(settings.timeout)):
-            await exchange.run()
+        # The thread keeps its own deadline on every socket call; this one also covers getaddrinfo,
+        # which takes none (the thread then ends on its own and its result is dropped).
+        await asyncio.wait_for(asyncio.shield(_run_in_thread(exchange)), timeout + _DEADLINE_SLACK_SECONDS)
     except TimeoutError:
-        reason, detail = "timeout", f"{exchange.phase_reached()} not done within {float(settings.timeout):g} s"
+        reason, detail = "timeout", f"{exchange.phase_reached()} not done within {timeout:g} s"
     except MeasurementError as error:
         reason, detail = error.reason, error.detail
     figures, info = exchange.result_parts()
