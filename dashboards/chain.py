@@ -99,7 +99,7 @@ class Chain:
         time.sleep(2)  # a bad config makes a process exit at once: say so now rather than draw empty panels
         for process in self.running:
             if process.poll() is not None:
-                raise RuntimeError(f"{' '.join(map(str, process.args))} exited: see the logs in {self.workdir}")
+                raise RuntimeError(f"{process.args!r} exited: see the logs in {self.workdir}")
 
     def stop(self) -> None:
         for process in self.running:

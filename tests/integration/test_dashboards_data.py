@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,20 +28,20 @@ CITIES = {"p-lishui": "lishui", "p-qiandongnan": "qiandongnan"}
 RANGE_SECONDS, STEP_SECONDS = 60.0, 2.0
 
 
-def _has_data(result: list[dict[str, object]]) -> bool:
+def _has_data(result: list[dict[str, Any]]) -> bool:
     for series in result:
         values = series.get("values") or [series.get("value")]
-        if any(v is not None and v[1] not in ("NaN", "+Inf", "-Inf") for v in values):  # type: ignore[index]
+        if any(v is not None and v[1] not in ("NaN", "+Inf", "-Inf") for v in values):
             return True
     return False
 
 
-def _run(prometheus: Prometheus, query: PanelQuery) -> list[dict[str, object]]:
+def _run(prometheus: Prometheus, query: PanelQuery) -> list[dict[str, Any]]:
     expr = expand(query.expr, RANGE_SECONDS, STEP_SECONDS, scrape_seconds=1.0)
     if query.instant:
-        return prometheus.query(expr)  # type: ignore[return-value]
+        return prometheus.query(expr)
     now = time.time()
-    return prometheus.query_range(expr, now - 20, now, STEP_SECONDS)  # type: ignore[return-value]
+    return prometheus.query_range(expr, now - 20, now, STEP_SECONDS)
 
 
 @pytest.fixture(scope="module")

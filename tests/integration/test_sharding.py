@@ -47,11 +47,11 @@ def test_two_collectors_by_city_one_store_one_prometheus(processes: Processes, t
     prometheus = Prometheus(processes, tmp_path, targets=[f"127.0.0.1:{c.port}" for c in collectors.values()])
     prometheus.start()
     probes = {}
-    for city, probe in SHARDS.items():
+    for city, probe_id in SHARDS.items():
         collector = collectors[city]
-        config = probe_config(tmp_path / f"{probe}.yaml", probe, collector.tokens[probe], collector,
+        config = probe_config(tmp_path / f"{probe_id}.yaml", probe_id, collector.tokens[probe_id], collector,
                               city_targets(responder), city=city)  # fmt: skip
-        probes[probe] = processes.start(PYTHON, "-m", "qiancheng.probes.cli", "run", "--config", str(config), name=probe)
+        probes[probe_id] = processes.start(PYTHON, "-m", "qiancheng.probes.cli", "run", "--config", str(config), name=probe_id)
     wait_for(lambda: len(prometheus.query("rate(qiancheng_rtt_seconds_count[4s]) > 0")) >= 8, 40,
              "RTT rates from both cities", step=0.5)  # fmt: skip
     time.sleep(3)
@@ -68,10 +68,10 @@ def test_two_collectors_by_city_one_store_one_prometheus(processes: Processes, t
     assert by_city == {city: f"127.0.0.1:{collectors[city].port}" for city in SHARDS} and len(instances) == 2
     assert not prometheus.query("count by (city, probe, target, kind) (qiancheng_test_success) > 1")
 
-    for probe in probes.values():
-        probe.send_signal(signal.SIGTERM)
-        assert probe.wait(timeout=10) == 0
-    measured = {probe: _measured(tmp_path / f"{probe}-spool.db") for probe in SHARDS.values()}
+    for process in probes.values():
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    measured = {probe_id: _measured(tmp_path / f"{probe_id}-spool.db") for probe_id in SHARDS.values()}
     time.sleep(2.5)  # the last batches scraped
 
     # the store: every result of each probe exactly once (seq from first to last, no repeat)

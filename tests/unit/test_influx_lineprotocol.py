@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from influxdb_client import Point
+from influxdb_client.client.write.point import Point
 
 from qiancheng.collector.store.lineprotocol import batch_lines, probe_line, result_line
 from qiancheng.probes.result import Result, Target
@@ -24,7 +24,7 @@ def _result(seq: int = 7, figures: dict[str, float] | None = None, error: str | 
 
 
 def _point(probe: str, city: str, isp: str, result: Result) -> str:
-    point = Point("qiancheng_result").time(result.start_ns)
+    point = Point("qiancheng_result").time(result.start_ns)  # type: ignore[no-untyped-call]
     for name, value in (("probe", probe), ("city", city), ("isp", isp), ("target", result.target.name),
                         ("target_class", result.target.target_class), ("kind", result.kind)):  # fmt: skip
         point.tag(name, value)
