@@ -11,6 +11,7 @@ import json
 import math
 import signal
 import time
+from collections import Counter
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -147,6 +148,7 @@ def test_store_slow_or_down_gets_503_and_the_spool_delivers_everything_once(
         assert status == 503 and headers["Retry-After"] == "5", (status, headers, body)
     finally:
         store.resume()
+        resumed_ms = time.time_ns() // 10**6
     # down: connection refused; then the server comes back on the same data
     store.stop()
     status, headers, _ = _post(collector.url, tokens["p-manual"], manual)
@@ -184,6 +186,9 @@ def test_store_slow_or_down_gets_503_and_the_spool_delivers_everything_once(
     # repeated sample must be an exact copy: same series, same time, same seq
     distinct = {(s, t, v) for s, per_series in series.items() for t, v in per_series}
     assert len({(s, t) for s, t, _ in distinct}) == len(distinct) == measured
+    # and only results measured before the hung server woke up can have been written twice
+    repeated = [key for key, count in Counter((s, t) for s, ps in series.items() for t, _ in ps).items() if count > 1]
+    assert all(t <= resumed_ms for _, t in repeated), "a result written twice outside the hang"
     # results measured while the collector was down sit at their own times, not at the time they arrived
     during = [t for t, _ in points if outage_start_ms <= t <= outage_end_ms]
     assert len(during) >= 4, f"{len(during)} points measured during the collector outage"
