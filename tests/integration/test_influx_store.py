@@ -205,3 +205,23 @@ def test_store_slow_or_down_gets_503_and_the_spool_delivers_everything_once(
             [(_, held)] = found.items()
             # the server keeps about 12 significant digits of a float
             assert math.isclose(dict(held)[result["start_ns"] // 10**6], value, rel_tol=1e-9), name
+
+
+def test_collector_starts_while_the_store_is_down_and_stores_once_it_is_up(processes: Processes, tmp_path: Path) -> None:
+    store = VictoriaMetrics(processes, tmp_path)  # its port is chosen, nothing listens there yet
+    collector = InfluxCollector(processes, tmp_path, tokens={"p-lishui": "token-lishui-0001"}, influx_url=store.url)
+    collector.start()
+    batch = Batch(probe_id="p-lishui", batch_id="batch-early-01", city="lishui", results=[_icmp(7, NOW_NS, 0.002)])
+    status, headers, body = _post(collector.url, "token-lishui-0001", batch)
+    assert (status, headers["Retry-After"]) == (503, "5"), body
+    try:
+        urllib.request.urlopen(collector.url + "/healthz", timeout=5)
+        raise AssertionError("/healthz said ok with no store")
+    except urllib.error.HTTPError as error:
+        assert error.code == 503
+    store.start()
+    status, _, ack = _post(collector.url, "token-lishui-0001", batch)
+    assert (status, ack) == (200, {"accepted": 1, "duplicate": False, "stored": 1})
+    store.settle()
+    [(_, points)] = store.samples('{__name__="qiancheng_result_seq"}').items()
+    assert points == [(NOW_NS // 10**6, 7.0)]
