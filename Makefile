@@ -51,6 +51,7 @@ lint: $(TEST_ENV)
 bench: $(BASE_ENV)
 	$(PY) bench/ingest.py
 	$(PY) bench/wire_decode.py
+	$(PY) bench/icmp_scale.py
 
 # a collector, a responder, probes in two cities and Prometheus on loopback for 90 s, then one PNG per dashboard
 dashboards-preview: $(BASE_ENV)
