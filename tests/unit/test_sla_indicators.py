@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from qiancheng.collector.sla.indicators import INDICATORS, Row
-from qiancheng.collector.sla.profiles import Objective
+from qiancheng.collector.sla.profiles import Objective, parse_threshold
 
 
 def row(samples: Sequence[float | None] = (), success: bool = True, **figures: float) -> Row:
@@ -97,3 +97,11 @@ def test_boundary_from_counters_loss_exactly_one_per_thousand() -> None:
     assert at is not None and objective.met(at)
     above = value("loss", [row(packets_sent=1000, packets_received=998)])
     assert above is not None and not objective.met(above)
+
+
+def test_boundary_from_tests_availability_exactly_999_of_1000() -> None:
+    objective = Objective("availability", INDICATORS["availability"], parse_threshold(INDICATORS["availability"], "99.9%"))
+    at = value("availability", [row()] * 999 + [row(success=False)])
+    assert at is not None and objective.met(at)
+    below = value("availability", [row()] * 998 + [row(success=False)] * 2)
+    assert below is not None and not objective.met(below)
