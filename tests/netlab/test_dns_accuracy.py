@@ -30,7 +30,7 @@ import pytest
 from tests.integration.helpers import require_root, require_tool
 from tests.netlab.lab import Lab, Link, Netns, drop_all
 from tests.netlab.relay import RelaySettings
-from tests.netlab.servers.probe_worker import ProbeWorker
+from tests.netlab.servers.probe_worker import RAISED_PRIORITY, ProbeWorker
 from tests.netlab.servers.resolver import BROKEN_ZONE, LOCAL_ZONE, start_resolver
 
 RUNS = 50
@@ -99,7 +99,7 @@ def _dig_estimate(readings: list[float]) -> float:
 
 def _dig(ns: Netns, resolver: str, names: list[str], *options: str) -> list[tuple[str, float | None]]:
     """(status, query time in seconds or None) per name, from one dig process."""
-    done = ns.run("dig", f"@{resolver}", "+tries=1", "+time=2", *options, *names, check=False, timeout=30)
+    done = ns.run(*RAISED_PRIORITY, "dig", f"@{resolver}", "+tries=1", "+time=2", *options, *names, check=False, timeout=30)
     statuses = re.findall(r"->>HEADER<<- opcode: QUERY, status: (\w+)", done.stdout)
     times = [float(ms) / 1e3 for ms in re.findall(r";; Query time: (\d+) msec", done.stdout)]
     if not statuses and "timed out" in done.stdout:

@@ -31,7 +31,7 @@ from tests.conftest import PYTHON, ROOT
 from tests.integration.helpers import require_root, require_tool
 from tests.netlab.lab import Lab, Link, Netns
 from tests.netlab.relay import RelaySettings
-from tests.netlab.servers.probe_worker import ProbeWorker
+from tests.netlab.servers.probe_worker import RAISED_PRIORITY, ProbeWorker
 from tests.netlab.servers.resolver import LOCAL_ZONE, start_resolver
 
 RUNS = 50
@@ -122,9 +122,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         cert, key = _certificate(require_tool("openssl"), lab.workdir, list(domains), addresses)
         start_resolver(server, lab.workdir, [link.b_addr for _, link, _ in links.values()], domains)
         listen = [arg for address in addresses for arg in ("--listen", address)]
-        server.popen(PYTHON, "-m", "qiancheng.probes.responder.main", *listen, "--http-port", str(HTTP_PORT),
+        server.popen(*RAISED_PRIORITY, PYTHON, "-m", "qiancheng.probes.responder.main", *listen, "--http-port", str(HTTP_PORT),
                      "--echo-port", "0", "--dns-port", "0", cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server.popen(PYTHON, "-m", "tests.netlab.servers.https_server", "--cert", str(cert), "--key", str(key),
+        server.popen(*RAISED_PRIORITY, PYTHON, "-m", "tests.netlab.servers.https_server", "--cert", str(cert), "--key", str(key),
                      "--port", str(HTTPS_PORT), *addresses, cwd=ROOT)
         server.wait_listening(HTTP_PORT)
         server.wait_listening(HTTPS_PORT)
@@ -154,7 +154,7 @@ def _curl(path: ClientPath, urls: list[str], certificate: Path) -> list[dict[str
     """
     per_url = ["-o", "/dev/null", "-w", CURL_FORMAT, "-H", "Connection: close"]
     command = ["curl", "-s", "--noproxy", "*", "--no-sessionid", "--cacert", str(certificate)]
-    done = path.client.run(*command, *(arg for url in urls for arg in (*per_url, url)), timeout=30)
+    done = path.client.run(*RAISED_PRIORITY, *command, *(arg for url in urls for arg in (*per_url, url)), timeout=30)
     transfers = [dict(zip(CURL_MARKS, map(float, line.split()), strict=True)) for line in done.stdout.splitlines()]
     assert len(transfers) == len(urls), done.stdout
     assert all(marks["num_connects"] == 1 for marks in transfers), "curl reused a connection"

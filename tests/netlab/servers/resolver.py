@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from tests.netlab.lab import Netns
+from tests.netlab.servers.probe_worker import RAISED_PRIORITY
 
 __all__ = ["LOCAL_ZONE", "BROKEN_ZONE", "start_resolver"]
 
@@ -29,7 +30,7 @@ _ROOT_TRUST_ANCHOR = ".,20326,8,2,E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC68
 
 def _dnsmasq(ns: Netns, config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as output:
-        return ns.popen("dnsmasq", f"--conf-file={config}", "--keep-in-foreground", "--pid-file=",
+        return ns.popen(*RAISED_PRIORITY, "dnsmasq", f"--conf-file={config}", "--keep-in-foreground", "--pid-file=",
                         "--log-facility=-", stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
 
 
