@@ -55,12 +55,6 @@ class ClientPath:
         return self.link.b_addr if family == 4 else self.link.b_addr6
 
 
-def _route_ipv6_peers(link: Link) -> None:
-    """Routes to each end's IPv6 peer over a TUN link (the kernel adds none for an IPv6 `peer` address)."""
-    link.a.run("ip", "-6", "route", "replace", f"{link.b_addr6}/128", "dev", link.a_dev)
-    link.b.run("ip", "-6", "route", "replace", f"{link.a_addr6}/128", "dev", link.b_dev)
-
-
 def _require_tools() -> None:
     require_root()
     for tool in ("dig", "dnsmasq", "ss", "nft"):
@@ -74,7 +68,6 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Client
         server = lab.namespace("s")
         veth_client, delay_client = lab.namespace("veth"), lab.namespace("delay")
         delayed = lab.delayed_link(delay_client, server, RelaySettings(delay=ONE_WAY_DELAY_SECONDS))
-        _route_ipv6_peers(delayed)
         links = {"veth": (veth_client, lab.link(veth_client, server), 0.0),
                  "delay": (delay_client, delayed, ONE_WAY_DELAY_SECONDS)}  # fmt: skip
         listen = [address for _, link, _ in links.values() for address in (link.b_addr, link.b_addr6)]

@@ -92,14 +92,11 @@ def _certificate(openssl: str, directory: Path, domains: list[str], addresses: l
     return cert, key
 
 
-def _route_ipv6_peers(link: Link) -> None:
-    """Routes to each end's IPv6 peer address over a point-to-point (TUN) link.
-
-    The kernel adds no route for the peer of an IPv6 `peer` address here, so the ends could not reach
-    each other over IPv6; `replace` keeps this harmless once the lab adds the routes itself.
-    """
-    link.a.run("ip", "-6", "route", "replace", f"{link.b_addr6}/128", "dev", link.a_dev)
-    link.b.run("ip", "-6", "route", "replace", f"{link.a_addr6}/128", "dev", link.b_dev)
+def _remove_stale_resolver_configs() -> None:
+    """/etc/netns entries of ours left by a run that was killed, whose namespace no longer exists."""
+    for directory in Path("/etc/netns").glob("qnb*"):
+        if not (Path("/run/netns") / directory.name).exists():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +108,6 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         server = lab.namespace("s")
         veth_client, delay_client = lab.namespace("veth"), lab.namespace("delay")
         delayed = lab.delayed_link(delay_client, server, RelaySettings(delay=ONE_WAY_DELAY_SECONDS))
-        _route_ipv6_peers(delayed)
         links = {"veth": (veth_client, lab.link(veth_client, server), 0.0),
                  "delay": (delay_client, delayed, ONE_WAY_DELAY_SECONDS)}  # fmt: skip
         addresses = [address for _, link, _ in links.values() for address in (link.b_addr, link.b_addr6)]
@@ -129,6 +125,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         server.wait_listening(HTTP_PORT)
         server.wait_listening(HTTPS_PORT)
         # `ip netns exec` mounts /etc/netns/NS/* over /etc/*: each client resolves through its own link.
+        _remove_stale_resolver_configs()
         resolv_dirs: list[Path] = []
         paths = {}
         try:
