@@ -171,7 +171,7 @@ class Spool:
         loop = asyncio.get_running_loop()
         committed: asyncio.Future[int] = loop.create_future()
         self._pending.append((result, committed))
-        if self._committer is None:
+        if self._committer is None or self._committer.get_loop() is not loop:  # none yet, or one of an ended loop
             self._committer = loop.create_task(self._commit_groups(), name="spool group commit")
         # Shielded: a cancelled caller does not take the result out of its group; it is committed anyway,
         # as one already handed to the spool thread always was.
@@ -517,7 +517,7 @@ class _transaction:
 def _settle(group: list[tuple[Result, asyncio.Future[int]]], outcomes: list[int | BaseException]) -> None:
     """Hand each add() of a group its seq or its error."""
     for (_, committed), outcome in zip(group, outcomes):
-        if committed.done():
+        if committed.done() or committed.get_loop().is_closed():  # its caller is gone: nothing to tell
             continue
         if isinstance(outcome, BaseException):
             committed.set_exception(outcome)

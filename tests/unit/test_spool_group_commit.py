@@ -135,3 +135,13 @@ def test_every_seq_returned_by_concurrent_adds_survives_kill_9(tmp_path: Path) -
     stored = stored_seqs(path)
     assert set(printed) <= set(stored)
     assert stored == list(range(stored[0], stored[0] + len(stored)))  # no gap, no repeat
+
+
+def test_a_spool_serves_one_event_loop_after_another(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_bytes=1 << 30)
+    try:
+        assert asyncio.run(spool.add(result(0))) == 1
+        assert asyncio.run(spool.add(result(1))) == 2  # the first loop's committer ended with its loop
+    finally:
+        spool.close()
+    assert stored_seqs(tmp_path / "spool.db") == [1, 2]
