@@ -25,7 +25,8 @@ from .ingest import Ingest
 from .live import LiveState
 from .metrics import build_registry, new_live_state
 from .openapi import HEALTH_PATH, LATEST_PATH, METRICS_PATH, OPENAPI_PATH, openapi_document
-from .sla.service import install_sla
+from .sla.cache import WindowCache
+from .sla.service import CACHE_KEY, install_sla
 from .store import Store, StoreError, open_store
 
 __all__ = [
@@ -88,19 +89,27 @@ async def _json_errors(
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open the store, rebuild the live state from it, serve; on stop, let pending commits finish and close."""
+    """Open the store (and the SLA window cache, if any), rebuild the live state from it, serve; on stop,
+    let pending commits finish and close."""
     config = app[CONFIG_KEY]
     seams = app[_SEAMS_KEY]
     store = await seams.store_opener(config.store)
+    cache: WindowCache | None = None
     try:
+        if config.sla.cache:  # set when the judgement cannot read the store itself (backend influx)
+            cache = await WindowCache.open(config.sla.cache, max(config.sla.windows), seams.clock())
+            app[CACHE_KEY] = cache
         allowed = {probe.id for probe in config.probes}
         app[STATE_KEY].restore(await store.latest(), await store.probes(), allowed)
         app[STORE_KEY] = store
-        app[INGEST_KEY] = Ingest(TokenTable(config.probes), store, app[STATE_KEY], config.limits, seams.clock)
+        app[INGEST_KEY] = Ingest(TokenTable(config.probes), store, app[STATE_KEY], config.limits, seams.clock,
+                                 after_store=cache.add if cache is not None else None)  # fmt: skip
         log.info(kv("store_opened", backend=store.backend, path=config.store.location,
                     series=len(app[STATE_KEY].series), probes=len(app[STATE_KEY].probes)))  # fmt: skip
         yield
     finally:
+        if cache is not None:
+            await cache.close()
         await store.close()
         log.info(kv("store_closed", backend=store.backend))
 

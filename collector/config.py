@@ -106,6 +106,9 @@ class SlaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     #: sla.yaml, relative to this config's directory; empty: no judgement
     profiles: str = ""
+    #: backend influx only: the SQLite file of recent results the judgement reads, relative to this
+    #: config's directory; empty: sla-cache.db in store.path's directory
+    cache: str = ""
     #: sliding windows over the stored results; the first one judges, the others are reported
     windows: tuple[Duration, ...] = (Duration(300.0), Duration(3600.0))
     #: one judgement pass every `interval`
@@ -189,11 +192,25 @@ def _with_sla_profiles(config: CollectorConfig, document: YamlDocument) -> Colle
             raise document.error(("sla", "windows", index), "a window must be at least 1s")
     if sla.interval < 0.1:
         raise document.error(("sla", "interval"), "must be at least 100ms")
-    if not sla.profiles:
-        return config
+    if not sla.profiles:  # no judgement, no window cache
+        return msgspec.structs.replace(config, sla=msgspec.structs.replace(sla, cache=""))
     path = Path(document.file).parent / sla.profiles
-    if config.store.backend != "sqlite":
-        raise document.error(("sla", "profiles"), "SLA judgement reads the sqlite store; it is not available with "
-                             f"backend {config.store.backend} (leave sla.profiles empty)")
     load_sla_profiles(path)
-    return msgspec.structs.replace(config, sla=msgspec.structs.replace(sla, profiles=str(path.resolve())))
+    sla = msgspec.structs.replace(sla, profiles=str(path.resolve()), cache=_sla_cache(config, document))
+    return msgspec.structs.replace(config, sla=sla)
+
+
+def _sla_cache(config: CollectorConfig, document: YamlDocument) -> str:
+    """The window cache's absolute path with backend influx (judgement reads it, docs/sla.md); empty with
+    sqlite, whose store the judgement reads itself."""
+    if config.store.backend == "sqlite":
+        return ""
+    given = config.sla.cache
+    cache = (Path(document.file).parent / given if given else Path(config.store.path).parent / "sla-cache.db").resolve()
+    field = ("sla", "cache") if given else ("sla", "profiles")
+    if not cache.parent.is_dir():
+        raise document.error(field, f"the SLA window cache's directory {str(cache.parent)!r} does not exist"
+                             + ("" if given else " (set sla.cache)"))  # fmt: skip
+    if cache == Path(config.store.path).resolve():
+        raise document.error(field, "the SLA window cache is pruned to the last windows: give it its own file, not store.path")
+    return str(cache)

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 import msgspec
@@ -46,7 +46,7 @@ from .config import LimitsConfig
 from .live import LiveState
 from .store import BatchOutcome, Store, StoreError
 
-__all__ = ["Refused", "refusal_for_decode_error", "Ingest", "RETRY_AFTER_SECONDS"]
+__all__ = ["Refused", "refusal_for_decode_error", "Ingest", "AfterStore", "RETRY_AFTER_SECONDS"]
 
 log = logging.getLogger("qiancheng.collector.ingest")
 
@@ -62,6 +62,10 @@ _AT_PATH = re.compile(r"^(?P<reason>.*?)(?: - at (?:`(?P<key>key)` in )?`(?P<pat
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 _MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
 _JSON_TYPES = ("application/json",)
+
+#: called with each batch the store accepted (and its received time) before the 200; it must not raise
+#: a store failure, since the batch is already stored (the SLA window cache, `sla.cache.WindowCache.add`)
+AfterStore = Callable[[Batch, int], Awaitable[None]]
 
 
 class Refused(QianchengError, ValueError):
@@ -126,12 +130,14 @@ class Ingest:
         state: LiveState,
         limits: LimitsConfig,
         clock: Callable[[], int] = wall_ns,
+        after_store: AfterStore | None = None,
     ) -> None:
         self._tokens = tokens
         self._store = store
         self._state = state
         self._limits = limits
         self._clock = clock
+        self._after_store = after_store
 
     async def handle(self, request: web.Request) -> web.Response:
         """The aiohttp handler; refusals become JSON, anything else propagates (a bug: 500)."""
@@ -215,6 +221,9 @@ class Ingest:
         outcome = await self._store.store_batch(batch, received_ns)
         state = self._state
         state.observe_commit(time.perf_counter() - started)
+        if self._after_store is not None:
+            # every time, duplicates too: a retried batch fills what an earlier failed cache write missed
+            await self._after_store(batch, received_ns)
         if batch.probe_id not in state.probes:
             log.info(kv("probe_seen", probe=batch.probe_id, city=batch.city, isp=batch.isp))
         state.saw_probe(batch.probe_id, batch.city, batch.isp, batch.labels, batch.stats, received_ns)

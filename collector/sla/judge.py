@@ -4,6 +4,9 @@ A pass reads the results inside the longest window for each series (one indexed 
 `windows.WindowReader`), computes every objective's indicator over each window, and steps the breach
 state with the verdict of the first (judging) window. The outcome is kept as a list of `Judgement`s
 for /metrics and GET /api/v1/sla.
+
+A window that starts before the reader's data is complete (a new SLA window cache, `cache`) has no
+value: its indicator over part of the window could pass or breach wrongly, so it is no data.
 """
 
 from __future__ import annotations
@@ -80,8 +83,11 @@ class Judge:
     def horizon_seconds(self) -> float:
         return max(self.windows)
 
-    def judge(self, data: Iterable[tuple[SeriesKey, Sequence[Row]]], now_ns: int) -> list[Judgement]:
-        """One pass over `data` (each series with its rows oldest first, covering the longest window)."""
+    def judge(
+        self, data: Iterable[tuple[SeriesKey, Sequence[Row]]], now_ns: int, complete_since_ns: int = 0
+    ) -> list[Judgement]:
+        """One pass over `data` (each series with its rows oldest first, covering the longest window);
+        windows starting before `complete_since_ns` have no value."""
         targets: dict[tuple[str, str], list[tuple[SeriesKey, Sequence[Row]]]] = {}
         for key, rows in data:
             targets.setdefault((key.probe, key.target), []).append((key, rows))
@@ -93,7 +99,7 @@ class Judge:
             for profile in self.profiles.for_series(labels):
                 for objective in profile.objectives:
                     for key, rows in self._units(series, objective):
-                        judgement = self._judge_unit(key, rows, profile, objective, now_ns)
+                        judgement = self._judge_unit(key, rows, profile, objective, now_ns, complete_since_ns)
                         states[(key, profile.name, objective.name)] = judgement.state
                         judgements.append(judgement)
         self._states = states  # units whose series left the horizon are forgotten
@@ -116,21 +122,27 @@ class Judge:
         return [(SeriesKey(first.probe, first.city, first.isp, first.target, first.target_class, kind), ())]
 
     def _judge_unit(
-        self, key: SeriesKey, rows: Sequence[Row], profile: Profile, objective: Objective, now_ns: int
-    ) -> Judgement:
+        self, key: SeriesKey, rows: Sequence[Row], profile: Profile, objective: Objective, now_ns: int,
+        complete_since_ns: int,
+    ) -> Judgement:  # fmt: skip
         starts = [row.start_ns for row in rows]
         values = []
         for seconds in self.windows:
-            inside = rows[bisect_left(starts, now_ns - int(seconds * 1e9)) :]
-            values.append(WindowValue(seconds, objective.indicator.compute(inside), len(inside)))
+            begin = now_ns - int(seconds * 1e9)
+            inside = rows[bisect_left(starts, begin) :]
+            value = objective.indicator.compute(inside) if begin >= complete_since_ns else None
+            values.append(WindowValue(seconds, value, len(inside)))
         judged = values[0].value
         verdict = None if judged is None else objective.met(judged)
         previous = self._states.get((key, profile.name, objective.name))
         state = step(previous, verdict, now_ns, self.open_after, self.close_after)
         return Judgement(key, profile, objective, tuple(values), state)
 
-    async def run(self, reader: WindowReader, clock: Callable[[], int], interval: float) -> None:
-        """Judge every `interval` seconds until cancelled; a failed read is logged and the pass skipped."""
+    async def run(
+        self, reader: WindowReader, clock: Callable[[], int], interval: float, complete_since: Callable[[], int] = lambda: 0
+    ) -> None:
+        """Judge every `interval` seconds until cancelled; a failed read is logged and the pass skipped.
+        `complete_since()`: from when the reader holds every result (UTC ns; 0: a store holds all)."""
         while True:
             started = time.monotonic()
             now_ns = clock()
@@ -139,8 +151,9 @@ class Judge:
             except sqlite3.Error as error:
                 log.warning(kv("sla_read_failed", error=error))
             else:
+                since_ns = complete_since()  # after the read: a cache write that failed during it counts
                 # pure Python over every sample: in a thread the loop keeps its turns (GIL switch interval)
-                judgements = await asyncio.get_running_loop().run_in_executor(None, self.judge, data, now_ns)
+                judgements = await asyncio.get_running_loop().run_in_executor(None, self.judge, data, now_ns, since_ns)
                 self.pass_seconds = time.monotonic() - started
                 log.debug(kv("sla_judged", series=len(data), objectives=len(judgements),
                              seconds=round(self.pass_seconds, 4)))  # fmt: skip

@@ -1,7 +1,8 @@
 """The SLA judgement inside the collector: the periodic pass, its metrics, and GET /api/v1/sla.
 
 `install_sla` wires it into the app; the pass starts once the store is open (cleanup_ctx order) and
-stops before it closes.
+stops before it closes. It reads the SQLite store, or with backend influx the window cache the app
+opened with the store (`CACHE_KEY`), which it also prunes.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from qiancheng.probes.logs import kv
 from ..api import ErrorBody, SlaObjective, SlaResponse, SlaWindow, encode
 from ..config import CollectorConfig
 from ..openapi import SLA_PATH
+from .cache import CacheCollector, WindowCache
 from .exposition import SlaCollector
 from .judge import Judge, Judgement, window_name
 from .profiles import load_sla_profiles
 from .windows import WindowReader
 
-__all__ = ["SLA_KEY", "SLA_FILTERS", "install_sla", "objective_body"]
+__all__ = ["SLA_KEY", "CACHE_KEY", "SLA_FILTERS", "install_sla", "objective_body"]
 
 log = logging.getLogger("qiancheng.collector.sla")
 
 SLA_KEY = web.AppKey("sla", Judge)
+CACHE_KEY = web.AppKey("sla_cache", WindowCache)
 #: query parameters of GET /api/v1/sla, each an exact match on the objective's label
 SLA_FILTERS: Final = ("city", "isp", "probe", "target", "profile")
 
@@ -83,19 +86,32 @@ def install_sla(app: web.Application, config: CollectorConfig, registry: Collect
     judge = Judge(load_sla_profiles(sla.profiles), [float(w) for w in sla.windows], sla.open_after, sla.close_after)
     app[SLA_KEY] = judge
     registry.register(SlaCollector(judge))
-    store_path = config.store.path
 
     async def judging(app: web.Application) -> AsyncIterator[None]:
-        reader = WindowReader(store_path)
-        task = asyncio.create_task(judge.run(reader, clock, float(sla.interval)), name="sla-judge")
-        log.info(kv("sla_started", profiles=len(judge.profiles.profiles), file=sla.profiles,
+        cache = app.get(CACHE_KEY)
+        tasks: list[asyncio.Task[None]] = []
+        if cache is None:
+            reader = WindowReader(config.store.path)
+            tasks.append(asyncio.create_task(judge.run(reader, clock, float(sla.interval)), name="sla-judge"))
+        else:
+            reader = WindowReader(cache.path)
+            collector = CacheCollector(cache)
+            registry.register(collector)
+            tasks.append(asyncio.create_task(judge.run(reader, clock, float(sla.interval), lambda: cache.complete_since_ns),
+                                             name="sla-judge"))  # fmt: skip
+            tasks.append(asyncio.create_task(cache.run_pruning(clock), name="sla-cache-prune"))
+        log.info(kv("sla_started", profiles=len(judge.profiles.profiles), file=sla.profiles, reads=reader.path,
                     windows=",".join(window_name(w) for w in judge.windows), interval=float(sla.interval)))  # fmt: skip
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if cache is not None:
+                registry.unregister(collector)
             await reader.close()
 
     app.cleanup_ctx.append(judging)

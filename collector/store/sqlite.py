@@ -112,6 +112,7 @@ _RESULT_COLUMNS: Final = (
     "r.probe_id, r.city, r.isp, r.received_ns, r.kind, r.target_name, r.target_address, r.target_class,"
     " r.start_ns, r.duration_seconds, r.success, r.error, r.detail, r.figures, r.info, r.samples, r.seq"
 )
+_PRUNE_SERIES: Final = "DELETE FROM results WHERE probe_id = ? AND target_name = ? AND kind = ? AND start_ns < ?"
 #: SQLite's default cap on bound parameters is 32766; stay well below it
 _IN_CHUNK: Final = 500
 
@@ -273,6 +274,28 @@ class SqliteStore:
                                     (probe_id, *chunk)))  # fmt: skip
         return found
 
+    def _prune(self, before_ns: int) -> int:
+        db = self._write_db
+        assert db is not None
+        # only a pruned store needs batches by time; a no-op after the first prune
+        db.execute("CREATE INDEX IF NOT EXISTS batches_received ON batches (received_ns)")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # every series with results has a `latest` row (it holds the series' newest start), so the
+            # per-series range deletes on results_series reach every old result without a table scan
+            series = db.execute("SELECT probe_id, target_name, kind FROM latest").fetchall()
+            removed = 0
+            for probe_id, target, kind in series:
+                removed += db.execute(_PRUNE_SERIES, (probe_id, target, kind, before_ns)).rowcount
+            db.execute("DELETE FROM latest WHERE start_ns < ?", (before_ns,))
+            db.execute("DELETE FROM batches WHERE received_ns < ?", (before_ns,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return removed
+
     def _close_writer(self) -> None:
         if self._write_db is not None:
             self._write_db.close()
@@ -294,6 +317,12 @@ class SqliteStore:
     async def store_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
         """Store a batch in one transaction; returns once the commit is on disk."""
         return await self._run(self._writer, lambda: self._write_batch(batch, received_ns))
+
+    async def prune(self, before_ns: int) -> int:
+        """Delete results that started before `before_ns`, and batches received before it; returns the
+        results deleted. For a store that keeps only recent results (the SLA window cache): a batch
+        retried after its record is pruned is not recognised as a duplicate."""
+        return await self._run(self._writer, lambda: self._prune(before_ns))
 
     async def latest(
         self, probe_id: str | None = None, target: str | None = None, kind: str | None = None
@@ -321,6 +350,11 @@ class SqliteStore:
             )
             for p, c, i, labels, stats, seen, batches, results in rows
         ]  # fmt: skip
+
+    async def oldest_batch_ns(self) -> int | None:
+        """When the oldest batch still recorded was received (UTC ns); None for a store without batches."""
+        rows = await self._run(self._reader, lambda: self._read("SELECT MIN(received_ns) FROM batches"))
+        return None if rows[0][0] is None else int(rows[0][0])
 
     async def count(self, probe_id: str | None = None) -> int:
         """Results stored (a full count: for tests and checks, not for every request)."""

@@ -35,7 +35,7 @@ def test_example_config_validates() -> None:
     text = (ROOT / "configs" / "collector.yaml").read_text()
     for key in ("listen:", "host:", "port:", "store:", "backend:", "path:", "probes:", "token_sha256:",
                 "limits:", "max_body_bytes:", "max_results_per_batch:", "metrics:", "series_ttl:", "log_level:",
-                "sla:", "profiles:", "windows:", "interval:", "open_after:", "close_after:"):  # fmt: skip
+                "sla:", "profiles:", "windows:", "interval:", "open_after:", "close_after:", "cache:"):  # fmt: skip
         assert key in text
     assert set(CollectorConfig.__struct_fields__) == {"listen", "store", "probes", "limits", "metrics", "sla", "log_level"}
 
