@@ -152,9 +152,13 @@ class _EchoSocket:
         # falls idle between most trains. Cancelled only when its event loop shuts down, which closes it.
         try:
             while True:
-                await asyncio.sleep(self.idle_since + _IDLE_CLOSE_SECONDS - self._loop.time())
-                if self.users == 0 and self._loop.time() - self.idle_since >= _IDLE_CLOSE_SECONDS:
+                if self.users:  # in use again: look once more a full idle time from now
+                    await asyncio.sleep(_IDLE_CLOSE_SECONDS)
+                    continue
+                remaining = self.idle_since + _IDLE_CLOSE_SECONDS - self._loop.time()
+                if remaining <= 0:
                     return
+                await asyncio.sleep(remaining)
         finally:
             self.close()
 

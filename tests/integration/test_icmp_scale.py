@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,22 @@ def test_trains_in_a_row_share_one_socket_that_closes_when_idle(monkeypatch: pyt
 
     asyncio.run(main())
     assert len(opened) == 2 and opened[1].closed  # the loop's end closed the second one
+
+
+def test_an_idle_socket_waits_quietly_while_a_long_train_holds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    require_root()
+    monkeypatch.setattr(icmp, "_IDLE_CLOSE_SECONDS", 0.1)
+
+    async def main() -> float:
+        assert (await run("icmp", Target(name="first", address="127.0.0.1"), ONE_ECHO)).success  # starts the closer
+        train = IcmpSettings(interval=Duration(5), count=5, packet_interval=Duration(0.25), timeout=Duration(0.5))
+        cpu = time.process_time()
+        result = await run("icmp", Target(name="long", address="127.0.0.1"), train)  # a second of holding it
+        assert result.success and result.figures["packets_received"] == 5
+        return time.process_time() - cpu
+
+    # A closer polling in a loop while the socket is in use would burn the whole second.
+    assert asyncio.run(main()) < 0.3
 
 
 def test_a_thousand_per_second_targets_all_answered_without_send_errors_or_drops() -> None:
