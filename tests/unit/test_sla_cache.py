@@ -14,13 +14,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from qiancheng.collector.app import make_app
+from qiancheng.collector.app import STORE_KEY, make_app
 from qiancheng.collector.config import StoreConfig, load_collector_config
 from qiancheng.collector.sla.cache import PRUNE_MARGIN_SECONDS, WindowCache
 from qiancheng.collector.sla.judge import Judge
 from qiancheng.collector.sla.profiles import load_sla_profiles
 from qiancheng.collector.sla.windows import WindowReader
-from qiancheng.collector.store import Store, StoreError
+from qiancheng.collector.store import BatchOutcome, Store, StoreError
 from qiancheng.collector.store.sqlite import _PRUNE_SERIES, SqliteStore
 from qiancheng.probes.result import Result, Target
 from qiancheng.probes.wire import Batch, encode_batch
@@ -158,8 +158,17 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-async def influx_app(tmp_path: Path) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], Clock, Path]]:
+class RefusingStore(SqliteStore):
+    """Stands in for an InfluxDB that is down: every write fails."""
+
+    async def store_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
+        raise StoreError("influx http://127.0.0.1:9: connection refused")
+
+
+@pytest.fixture(params=[False, True], ids=["accepting", "refusing"])
+async def influx_app(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], Clock, Path]]:
     (tmp_path / "sla.yaml").write_text(PROFILES)
     config_path = tmp_path / "collector.yaml"
     config_path.write_text(
@@ -171,8 +180,9 @@ async def influx_app(tmp_path: Path) -> AsyncIterator[tuple[TestClient[web.Reque
     config, _ = load_collector_config(config_path)
     assert config.sla.cache == str(tmp_path / "data" / "sla-cache.db")
 
-    async def accepting_store(_: StoreConfig) -> Store:  # stands in for InfluxDB: it accepts every batch
-        return await SqliteStore.open(str(tmp_path / "accepted.db"))
+    async def accepting_store(_: StoreConfig) -> Store:  # stands in for InfluxDB
+        store_class = RefusingStore if request.param else SqliteStore
+        return await store_class.open(str(tmp_path / "accepted.db"))
 
     clock = Clock(NOW)
     client: TestClient[web.Request, web.Application] = TestClient(
@@ -202,6 +212,11 @@ async def test_a_collector_on_the_influx_backend_judges_from_its_cache(
     clock.now = NOW + 6 * S
     response = await client.post("/api/v1/results", data=encode_batch(batch("p1", "b-1", results)),
                                   headers={"Authorization": "Bearer test", "Content-Type": "application/json"})  # fmt: skip
+    if isinstance(client.app[STORE_KEY], RefusingStore):
+        # not accepted, not acknowledged: the cache holds only what the store accepted
+        assert response.status == 503
+        assert rows(cache, "SELECT seq FROM results") == []
+        return
     assert response.status == 200
     assert rows(cache, "SELECT seq FROM results ORDER BY seq") == [(i,) for i in range(1, 6)]
     body = await judged_after(client, clock.now)
