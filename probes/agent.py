@@ -120,6 +120,8 @@ class Agent:
         """Stop measuring, push what the flush budget allows, close; all within 5 s of SIGTERM."""
         assert self._scheduler and self._uploader and self._upload_task and self._spool and self._session
         await self._scheduler.stop()
+        # A cancelled test's result may already be in the spool's commit group: commit it before the flush.
+        await self._spool.settle()
         remaining = await self._uploader.flush(float(self.config.scheduler.shutdown_flush))
         self._uploader.stop()
         await asyncio.gather(self._upload_task, return_exceptions=True)

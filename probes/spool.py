@@ -177,6 +177,11 @@ class Spool:
         # as one already handed to the spool thread always was.
         return await asyncio.shield(committed)
 
+    async def settle(self) -> None:
+        """Wait until every result handed to add() is committed, so a final flush can send them all."""
+        while (committer := self._committer) is not None and not self._closed:
+            await asyncio.wait({committer})  # its outcomes go to the add() callers, not here
+
     async def next_batch(self, max_results: int) -> PendingBatch | None:
         """The oldest pending results as a batch (an existing batch id is kept); None if nothing is pending."""
         limit = max(1, min(int(max_results), MAX_RESULTS_PER_BATCH))

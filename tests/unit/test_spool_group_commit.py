@@ -70,6 +70,23 @@ async def test_an_add_returns_only_after_its_commit(tmp_path: Path) -> None:
         spool.close()
 
 
+async def test_settle_waits_for_the_group_of_a_cancelled_add(tmp_path: Path) -> None:
+    # The agent's stop cancels running tests; one may sit in add() waiting for its group. settle() lets
+    # the final flush see that result instead of leaving it for the next start.
+    spool = Spool(tmp_path / "spool.db", max_bytes=1 << 30, commit_delay=0.2)
+    try:
+        adding = asyncio.ensure_future(spool.add(result()))
+        await asyncio.sleep(0.01)
+        adding.cancel()
+        assert stored_seqs(tmp_path / "spool.db") == []
+        await spool.settle()
+        assert stored_seqs(tmp_path / "spool.db") == [1]
+        assert (await spool.counters()).backlog == 1
+        await spool.settle()  # nothing waiting: returns at once
+    finally:
+        spool.close()
+
+
 async def test_close_commits_results_still_waiting_for_their_group(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db", max_bytes=1 << 30, commit_delay=30.0)
     adds = [asyncio.ensure_future(spool.add(result(i))) for i in range(3)]
