@@ -22,7 +22,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
-from ingest import PROBE, TOKEN, cpu_seconds, free_port, realistic_results  # bench/ingest.py, beside this file
+from ingest import PROBE, TOKEN, cpu_seconds, free_port, realistic_results, start_listening  # bench/ingest.py, beside this file
 
 from qiancheng.collector.config import InfluxConfig
 from qiancheng.collector.store.influx import InfluxStore
@@ -111,29 +110,13 @@ async def store_alone(store: InfluxStore | SqliteStore, batches: Batches, second
     return stored / elapsed
 
 
-def start(command: list[str], log: Path, port: int) -> subprocess.Popen[bytes]:
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{command[0]} exited: {log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"{command[0]} did not listen within 15 s")
-
-
 def collector(workdir: Path, name: str, store: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = workdir / f"{name}.yaml"
     config.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\nstore: {store}\n"
                       f"probes:\n  - {{id: {PROBE}, token_sha256: {hashlib.sha256(TOKEN.encode()).hexdigest()}}}\n"
                       "log_level: warning\n")  # fmt: skip
-    process = start([sys.executable, "-m", "qiancheng.collector.main", "--config", str(config)], workdir / f"{name}.log", port)
+    process = start_listening([sys.executable, "-m", "qiancheng.collector.main", "--config", str(config)], workdir / f"{name}.log", port)
     return process, f"http://127.0.0.1:{port}/api/v1/results"
 
 
@@ -162,7 +145,7 @@ def main() -> int:
         workdir = Path(tmp)
         vm_port = free_port()
         vm_url = f"http://127.0.0.1:{vm_port}"
-        vm = start([binary, f"-storageDataPath={workdir / 'vm'}", f"-httpListenAddr=127.0.0.1:{vm_port}",
+        vm = start_listening([binary, f"-storageDataPath={workdir / 'vm'}", f"-httpListenAddr=127.0.0.1:{vm_port}",
                     "-loggerLevel=ERROR", "-retentionPeriod=100y"], workdir / "vm.log", vm_port)  # fmt: skip
         influx_store = f'{{backend: influx, influx: {{url: "{vm_url}", org: bench, bucket: bench}}}}'
         sqlite_collector, sqlite_url = collector(workdir, "sqlite", f'{{backend: sqlite, path: "{workdir / "c.db"}"}}')

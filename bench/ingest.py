@@ -170,19 +170,24 @@ def start_collector(workdir: Path, port: int) -> subprocess.Popen[bytes]:
         "log_level: warning\n"
     )
     command = [sys.executable, "-m", "qiancheng.collector.main", "--config", str(config)]
-    log = open(workdir / "collector.log", "wb")  # noqa: SIM115 - kept open for the process's life
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    return start_listening(command, workdir / "collector.log", port)
+
+
+def start_listening(command: list[str], log: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start a server with its output in `log`; return once it accepts TCP on 127.0.0.1:port."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"collector exited: {(workdir / 'collector.log').read_text()}")
+            raise SystemExit(f"{command[0]} exited: {log.read_text()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return process
         except OSError:
             time.sleep(0.05)
     process.kill()
-    raise SystemExit("collector did not start listening within 15 s")
+    raise SystemExit(f"{command[0]} did not listen within 15 s")
 
 
 def main() -> int:
