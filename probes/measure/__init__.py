@@ -2,8 +2,8 @@
 
 Adding a kind means adding its module and one line in `_MODULES`. Measurement code does no I/O besides
 the measurement itself: no pushing, storing or logging of results. `run()` owns what is common to all
-kinds: an overall deadline, and turning any unexpected exception into a failed result, so that nothing a
-target does can stop the scheduler.
+kinds: an overall deadline, turning any unexpected exception into a failed result, so that nothing a
+target does can stop the scheduler, and running the exclusive kinds (download, upload) one at a time.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -19,7 +20,7 @@ from ..errors import MeasurementError
 from ..result import Result, Target, failure
 from ..settings import KindSettings
 
-__all__ = ["MeasureFn", "available_kinds", "measure_fn", "run"]
+__all__ = ["EXCLUSIVE_KINDS", "MeasureFn", "available_kinds", "measure_fn", "run"]
 
 MeasureFn = Callable[[Target, KindSettings], Awaitable[Result]]
 
@@ -29,6 +30,12 @@ _MODULES = {
     "dns": "dns",
     "http": "http",
 }
+
+#: Kinds that fill the access link: two at once would each measure half of it (and disturb every other
+#: test), so a probe runs at most one of them at a time; the others wait, outside their own deadline.
+EXCLUSIVE_KINDS: frozenset[str] = frozenset({"download", "upload"})
+# one lock per event loop (asyncio locks are bound to the loop they are first used in)
+_exclusive_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 # Slack beyond a kind's own longest duration before run() gives up on it.
 _DEADLINE_GRACE_SECONDS = 2.0
@@ -47,6 +54,14 @@ def measure_fn(kind: str) -> MeasureFn:
 
 async def run(kind: str, target: Target, settings: KindSettings) -> Result:
     """Measure once; always returns a result, a failed one with a reason if anything went wrong."""
+    if kind in EXCLUSIVE_KINDS:
+        lock = _exclusive_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock:
+            return await _run(kind, target, settings)
+    return await _run(kind, target, settings)
+
+
+async def _run(kind: str, target: Target, settings: KindSettings) -> Result:
     start_ns, started = wall_ns(), monotonic()
     try:
         function = measure_fn(kind)

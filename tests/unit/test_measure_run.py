@@ -58,3 +58,27 @@ async def test_a_kind_that_hangs_is_cut_at_its_deadline(monkeypatch: pytest.Monk
     result = await measure.run("tcp", TARGET, SETTINGS)
     assert (result.success, result.error) == (False, "timeout")
     assert 2.0 <= result.duration_seconds < 3.0
+
+
+async def test_exclusive_kinds_run_one_at_a_time_and_wait_outside_their_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    running: set[str] = set()
+    overlaps: list[set[str]] = []
+
+    async def fake(target: Target, settings: KindSettings) -> Result:
+        running.add(target.name)
+        overlaps.append(set(running))
+        await asyncio.sleep(0.1)
+        running.discard(target.name)
+        return Result(kind="x", target=target, start_ns=1, duration_seconds=0.1, success=True)
+
+    monkeypatch.setattr(measure, "measure_fn", lambda kind: fake)
+    # each test may take 0.1 + 0.05 s; the third exclusive one waits 0.2 s first, which must not count
+    monkeypatch.setattr(measure, "_DEADLINE_GRACE_SECONDS", 0.05)
+    settings = KindSettings(timeout=Duration(0.1))
+    jobs = [("download", "d1"), ("upload", "u1"), ("download", "d2"), ("icmp", "i1")]
+    results = await asyncio.gather(*(measure.run(k, Target(name=n, address="127.0.0.1"), settings) for k, n in jobs))
+    assert all(r.success for r in results), [r.detail for r in results]
+    exclusive = {"d1", "u1", "d2"}
+    assert all(len(seen & exclusive) <= 1 for seen in overlaps), overlaps
+    # other kinds are not held back: the icmp test ran beside the first exclusive one
+    assert any({"i1"} < seen for seen in overlaps), overlaps
