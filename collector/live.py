@@ -9,7 +9,7 @@ does not hold.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -88,6 +88,9 @@ class Series:
     rtt: Histogram | None = None
     figure_sums: dict[str, float] = field(default_factory=dict)  # counted figure → sum over new results
     tests: dict[tuple[str, str], int] = field(default_factory=dict)  # (outcome, reason) → tests
+    # info metric → label values from the latest result carrying its keys; its (start_ns, seq) beside
+    info_labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    info_order: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -117,8 +120,9 @@ class LiveState:
     """The in-memory state behind /metrics.
 
     `counted_figures` are summed into counters (packets sent, ...); results of `histogram_kinds` feed
-    every sample into the RTT histogram with `rtt_bounds` (seconds). A series that received nothing
-    for `series_ttl_ns` is forgotten (0: never).
+    every sample into the RTT histogram with `rtt_bounds` (seconds). `info_keys` maps an info metric to
+    the info keys it shows, kept from the latest result (by start time) that carries any of them. A
+    series that received nothing for `series_ttl_ns` is forgotten (0: never).
     """
 
     def __init__(
@@ -128,8 +132,10 @@ class LiveState:
         rtt_bounds: Sequence[float],
         commit_bounds: Sequence[float],
         series_ttl_ns: int = 0,
+        info_keys: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.counted_figures = tuple(counted_figures)
+        self.info_keys = {metric: tuple(keys) for metric, keys in (info_keys or {}).items()}
         self.histogram_kinds = frozenset(histogram_kinds)
         self.rtt_bounds = tuple(rtt_bounds)
         self.series_ttl_ns = series_ttl_ns
@@ -145,12 +151,17 @@ class LiveState:
         series.touched_ns = max(series.touched_ns, now_ns)
         return series
 
-    @staticmethod
-    def _offer_latest(series: Series, result: Result) -> None:
+    def _offer_latest(self, series: Series, result: Result) -> None:
         # the latest by start time wins: a late result replayed from a spool must not hide a newer one
         latest = series.latest
-        if latest is None or (result.start_ns, result.seq) > (latest.start_ns, latest.seq):
+        order = (result.start_ns, result.seq)
+        if latest is None or order > (latest.start_ns, latest.seq):
             series.latest = result
+        info = result.info
+        for metric, keys in self.info_keys.items():
+            if any(key in info for key in keys) and order > series.info_order.get(metric, (-1, -1)):
+                series.info_labels[metric] = tuple(info.get(key, "") for key in keys)
+                series.info_order[metric] = order
 
     def apply(self, probe: str, city: str, isp: str, results: Iterable[Result], now_ns: int) -> None:
         """Account results just stored for the first time (never re-applied: counts stay exact)."""

@@ -3,7 +3,9 @@
 What a figure becomes is table-driven: adding a metric fed by a result figure is one line in
 FIGURE_GAUGES or FIGURE_COUNTERS (and one HELP line for a new family). docs/metrics.md lists them all.
 Gauges show the latest result by start time; counters and the RTT histogram count every result
-stored for the first time.
+stored for the first time. INFO_GAUGES turn `info` text into labels of a constant-1 gauge: the latest
+result (by start time) of the series that carries any of the keys; one series per probe×target×kind,
+whatever the values, so the labels cannot multiply series.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ __all__ = [
     "COMMIT_BUCKETS",
     "RTT_KINDS",
     "FigureMetric",
+    "InfoMetric",
     "FIGURE_GAUGES",
     "FIGURE_COUNTERS",
+    "INFO_GAUGES",
     "PROBE_STATS",
     "HELP",
     "new_live_state",
@@ -58,8 +62,29 @@ class FigureMetric:
     extra: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class InfoMetric:
+    """A constant-1 gauge labelled with info `keys` ("" when absent) of the series' latest result carrying them."""
+
+    metric: str
+    keys: tuple[str, ...]
+    kinds: frozenset[str] | None = None
+
+
 def _only(*kinds: str) -> frozenset[str]:
     return frozenset(kinds)
+
+
+def _both_directions(metric: str, figure: str) -> tuple[FigureMetric, FigureMetric]:
+    """The download and upload rows of a throughput-test metric, labelled `direction`."""
+    return (
+        FigureMetric(metric, figure, _only("download"), (("direction", "download"),)),
+        FigureMetric(metric, figure, _only("upload"), (("direction", "upload"),)),
+    )
+
+
+_CDN_KINDS: Final = _only("http", "download")
+_VOICE_KINDS: Final = _only("icmp", "stamp")
 
 
 #: gauges from the latest result of each series
@@ -83,14 +108,25 @@ FIGURE_GAUGES: Final = (
     FigureMetric("qiancheng_dns_lookup_seconds", "lookup_seconds", _only("dns")),
     FigureMetric("qiancheng_dns_answers", "answer_count", _only("dns")),
     FigureMetric("qiancheng_dns_rcode", "rcode_value", _only("dns")),
+    *_both_directions("qiancheng_throughput_bits_per_second", "throughput_bits_per_second"),
+    *_both_directions("qiancheng_throughput_p90_bits_per_second", "throughput_p90_bits_per_second"),
+    *_both_directions("qiancheng_throughput_bytes", "bytes"),
+    *_both_directions("qiancheng_throughput_retransmits", "tcp_retransmits"),
+    *_both_directions("qiancheng_idle_rtt_seconds", "idle_rtt_seconds"),
+    *_both_directions("qiancheng_loaded_rtt_seconds", "loaded_rtt_seconds"),
+    *_both_directions("qiancheng_bufferbloat_seconds", "bufferbloat_seconds"),
+    *_both_directions("qiancheng_responsiveness_rpm", "responsiveness_rpm"),
     FigureMetric(
-        "qiancheng_throughput_bits_per_second", "throughput_bits_per_second", _only("download"),
-        (("direction", "download"),),
+        "qiancheng_one_way_delay_seconds", "forward_delay_median_seconds", _only("stamp"), (("direction", "forward"),)
     ),
     FigureMetric(
-        "qiancheng_throughput_bits_per_second", "throughput_bits_per_second", _only("upload"),
-        (("direction", "upload"),),
+        "qiancheng_one_way_delay_seconds", "backward_delay_median_seconds", _only("stamp"), (("direction", "backward"),)
     ),
+    FigureMetric("qiancheng_clock_error_seconds", "clock_error_seconds", _only("stamp")),
+    FigureMetric("qiancheng_mos_estimate", "mos", _VOICE_KINDS),
+    FigureMetric("qiancheng_r_factor_estimate", "r_factor", _VOICE_KINDS),
+    FigureMetric("qiancheng_cdn_cache_hit", "cdn_cache_hit", _CDN_KINDS),
+    FigureMetric("qiancheng_cdn_age_seconds", "cdn_age_seconds", _CDN_KINDS),
 )  # fmt: skip
 
 #: counters summing a figure over every result stored for the first time
@@ -99,7 +135,11 @@ FIGURE_COUNTERS: Final = (
     FigureMetric("qiancheng_packets_received_total", "packets_received", _TRAIN_KINDS),
     FigureMetric("qiancheng_packets_duplicate_total", "duplicates", _TRAIN_KINDS),
     FigureMetric("qiancheng_packets_late_total", "late", _TRAIN_KINDS),
+    FigureMetric("qiancheng_packets_reordered_total", "reordered", _TRAIN_KINDS),
 )
+
+#: constant-1 gauges labelled with info keys of the latest result carrying them
+INFO_GAUGES: Final = (InfoMetric("qiancheng_cdn_info", ("cache_status", "edge"), _CDN_KINDS),)
 
 #: per-probe metrics from a batch's `stats`: (metric, stat name, is a counter)
 PROBE_STATS: Final = (
@@ -131,6 +171,21 @@ HELP: Final = {
     "qiancheng_dns_answers": "Answer records in the latest DNS response.",
     "qiancheng_dns_rcode": "DNS response code (RFC 1035/6895 value) of the latest DNS test.",
     "qiancheng_throughput_bits_per_second": "Goodput of the latest download/upload test, bits per second.",
+    "qiancheng_throughput_p90_bits_per_second": "90th percentile of the 100 ms goodput samples of the latest download/upload test, bits per second.",
+    "qiancheng_throughput_bytes": "Bytes moved in the measured window of the latest download/upload test (warm-up excluded).",
+    "qiancheng_throughput_retransmits": "TCP segments retransmitted by the sending end during the latest download/upload test.",
+    "qiancheng_idle_rtt_seconds": "Median round trip on fresh connections before the load of the latest throughput test, seconds.",
+    "qiancheng_loaded_rtt_seconds": "Median round trip on fresh connections during the load of the latest throughput test, seconds.",
+    "qiancheng_bufferbloat_seconds": "Loaded minus idle round trip of the latest throughput test, seconds.",
+    "qiancheng_responsiveness_rpm": "Round trips per minute under load of the latest throughput test (draft-ietf-ippm-responsiveness).",
+    "qiancheng_one_way_delay_seconds": "Median one-way delay of the latest STAMP test (forward: sender to reflector, backward: back), seconds; see qiancheng_clock_error_seconds.",
+    "qiancheng_clock_error_seconds": "Sum of both ends' clock error estimates of the latest STAMP test (RFC 8762), seconds: the one-way delays are uncertain by this much.",
+    "qiancheng_packets_reordered_total": "Packets that arrived after one with a higher sequence number.",
+    "qiancheng_mos_estimate": "Estimated voice MOS (1..4.5) of the latest test: ITU-T G.107 E-model, G.711 with PLC, from delay, jitter and loss.",
+    "qiancheng_r_factor_estimate": "Estimated E-model transmission rating R of the latest test (ITU-T G.107; 93.2 on a perfect path).",
+    "qiancheng_cdn_cache_hit": "1 if the latest response came from the CDN's cache, 0 for any other cache status the headers gave.",
+    "qiancheng_cdn_age_seconds": "Age of the latest cached response (Age header), seconds.",
+    "qiancheng_cdn_info": "Constant 1, labelled with the cache status and serving edge of the latest test that reported them.",
     "qiancheng_probe_last_seen_timestamp_seconds": "When the collector last received a valid batch from the probe, Unix seconds.",
     "qiancheng_probe_spool_backlog": "Results waiting in the probe's spool when it sent its latest batch.",
     "qiancheng_probe_spool_backlog_bytes": "Bytes of results waiting in the probe's spool when it sent its latest batch.",
@@ -157,6 +212,9 @@ def _check_tables() -> None:
         assert names.setdefault(row.metric, keys) == keys, f"{row.metric}: rows disagree on labels"
     for metric, _, _ in PROBE_STATS:
         assert metric in HELP, f"{metric} needs a HELP line"
+    for info in INFO_GAUGES:
+        assert info.metric in HELP, f"{info.metric} needs a HELP line"
+        assert not set(info.keys) & set(LABELS), f"{info.metric}: an info key would override a series label"
 
 
 _check_tables()
@@ -166,6 +224,7 @@ def new_live_state(series_ttl_seconds: float = 0.0) -> LiveState:
     """A LiveState that counts and buckets what this module's tables expose."""
     return LiveState(
         counted_figures=sorted({row.figure for row in FIGURE_COUNTERS}),
+        info_keys={info.metric: info.keys for info in INFO_GAUGES},
         histogram_kinds=RTT_KINDS,
         rtt_bounds=RTT_BUCKETS,
         commit_bounds=COMMIT_BUCKETS,
@@ -203,6 +262,7 @@ class LiveCollector(Collector):
         yield from self._test_families(series)
         yield from self._figure_families(series, FIGURE_GAUGES, counter=False)
         yield from self._figure_families(series, FIGURE_COUNTERS, counter=True)
+        yield from self._info_families(series)
         yield self._rtt_family(series)
         yield from self._probe_families()
         yield from self._ingest_families()
@@ -249,6 +309,18 @@ class LiveCollector(Collector):
                 if value is not None:
                     family.add_metric(one.labels + extra, value)
         yield from families.values()
+
+    @staticmethod
+    def _info_families(series: Sequence[Series]) -> Iterator[Metric]:
+        for row in INFO_GAUGES:
+            family = GaugeMetricFamily(row.metric, HELP[row.metric], labels=LABELS + row.keys)
+            for one in series:
+                if row.kinds is not None and one.labels[-1] not in row.kinds:
+                    continue
+                values = one.info_labels.get(row.metric)
+                if values is not None:
+                    family.add_metric(one.labels + values, 1.0)
+            yield family
 
     @staticmethod
     def _rtt_family(series: Sequence[Series]) -> Metric:

@@ -83,7 +83,9 @@ def absolute_delay_impairment(ta_ms: float) -> float:
     x = math.log10(ta_ms / _MT_MS) / math.log10(2.0)
     six_s = 6.0 * _ST
     root = 1.0 / six_s
-    return 25.0 * (math.pow(1.0 + math.pow(x, six_s), root) - 3.0 * math.pow(1.0 + math.pow(x / 3.0, six_s), root) + 2.0)
+    return 25.0 * (
+        math.pow(1.0 + math.pow(x, six_s), root) - 3.0 * math.pow(1.0 + math.pow(x / 3.0, six_s), root) + 2.0
+    )
 
 
 def delay_impairment(one_way_delay_ms: float) -> float:

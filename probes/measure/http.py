@@ -22,7 +22,8 @@ size_download) and `header_bytes` (status lines and headers of every response in
 size_header).
 
 Info: `address` (peer IP), `http_version` (`1.1`), `tls_version` (`TLSv1.3`, https only), and when the
-response carries them `server`, `x_cache`, `cf_cache_status`, `age`, `via`.
+response carries them `server`, `x_cache`, `cf_cache_status`, `age`, `via`. CDN cache facts (cdn.py):
+figures `cdn_cache_hit`, `cdn_age_seconds`, info `cache_status`, `cache_header`, `edge`.
 
 Outcomes: a status outside `expected_status` → `http_status` (figures kept); name not resolved →
 `resolve`; TCP reset → `refused`; no route → `unreachable`; no progress before `timeout` (one deadline
@@ -55,6 +56,7 @@ from ..clock import monotonic, wall_ns
 from ..errors import MeasurementError
 from ..result import Result, Target
 from ..settings import HttpSettings
+from .cdn import cache_facts
 from .http_phases import Marks, RequestPlan, header_block_end, parse_url, phase_figures, request_headers, response_info
 
 __all__ = ["measure", "USER_AGENT"]
@@ -292,7 +294,13 @@ class _Exchange:
             figures["header_bytes"] = float(self.parser.header_bytes)
             figures["bytes"] = float(self.parser.body_bytes)
             info["http_version"] = response.http_version.decode("ascii", "replace")
-            info.update(response_info(response.headers.raw_items()))
+            headers = response.headers.raw_items()
+            info.update(response_info(headers))
+            cache_figures, cache_info = cache_facts(
+                (name.decode("latin-1"), value.decode("latin-1")) for name, value in headers
+            )
+            figures.update(cache_figures)
+            info.update(cache_info)
         return figures, info
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from ..clock import monotonic, wall_ns
 from ..errors import MeasurementError
+from ..mos import voice_figures
 from ..result import Result, Target
 from ..settings import IcmpSettings
 from ..stats import train_stats
@@ -367,6 +368,9 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
             detail += f" ({len(send_errors)} not sent: {send_errors[0].strerror or send_errors[0]})"
     elif send_errors:
         info["send_errors"] = f"{len(send_errors)}: {send_errors[0].strerror or errno.errorcode.get(send_errors[0].errno or 0, '')}"
+    figures = stats.figures()
+    if stats.rtt_mean is not None:  # the voice estimate takes half the mean RTT as the one-way delay
+        figures.update(voice_figures(stats.rtt_mean / 2, stats.jitter or 0.0, stats.loss_ratio))
     return Result(
         kind=KIND,
         target=target,
@@ -375,7 +379,7 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
         success=reason is None,
         error=reason,
         detail=detail,
-        figures=stats.figures(),
+        figures=figures,
         info=info,
         samples=train.samples,
     )
