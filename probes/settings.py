@@ -19,6 +19,7 @@ __all__ = [
     "TcpSettings",
     "DnsSettings",
     "HttpSettings",
+    "StampSettings",
     "SETTINGS_BY_KIND",
     "parse_duration",
     "parse_size",
@@ -117,6 +118,18 @@ class TcpSettings(_Train, frozen=True, kw_only=True):
     family: Literal["auto", "ipv4", "ipv6"] = "auto"
 
 
+class StampSettings(_Train, frozen=True, kw_only=True):
+    """STAMP (RFC 8762) train to a session-reflector at `port` (ignored when the target carries its own).
+
+    `size` is the UDP payload in bytes: the 44-byte test packet plus zero padding; the reflector answers
+    with the same size.
+    """
+
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8620
+    size: Annotated[int, msgspec.Meta(ge=44, le=9000)] = 44
+    family: Literal["auto", "ipv4", "ipv6"] = "auto"
+
+
 class DnsSettings(KindSettings, frozen=True, kw_only=True):
     """One DNS lookup of `query_name`/`query_type`.
 
@@ -152,4 +165,5 @@ SETTINGS_BY_KIND: dict[str, type[KindSettings]] = {
     "tcp": TcpSettings,
     "dns": DnsSettings,
     "http": HttpSettings,
+    "stamp": StampSettings,
 }

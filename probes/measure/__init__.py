@@ -29,6 +29,7 @@ _MODULES = {
     "tcp": "tcp",
     "dns": "dns",
     "http": "http",
+    "stamp": "stamp",
 }
 
 #: Kinds that fill the access link: two at once would each measure half of it (and disturb every other

@@ -41,6 +41,7 @@ class ResponderPorts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     http: Port = 9311
     echo: Port = 9312
     dns: Port = 9353  # UDP and TCP
+    stamp: Port = 8620  # UDP, the STAMP reflector (RFC 8762's registered 862 needs root or CAP_NET_BIND_SERVICE)
 
 
 class ResponderLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -110,7 +111,7 @@ def check_config(config: ResponderConfig, document: YamlDocument | None = None, 
         index, reason = bad
         raise fail(["listen"] if index is None or isinstance(config.listen, str) else ["listen", index], reason)
     used: dict[int, str] = {}
-    for name in ("http", "echo", "dns"):
+    for name in ("http", "echo", "dns", "stamp"):
         port = getattr(config.ports, name)
         if port and port in used:
             raise fail(["ports", name], f"port {port} is also the {used[port]} port")

@@ -1,4 +1,4 @@
-"""`qiancheng-responder`: HTTP, TCP echo and DNS for probes to measure against, in one event loop."""
+"""`qiancheng-responder`: HTTP, TCP echo, DNS and a STAMP reflector for probes to measure against, in one event loop."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from .dnszone import Zone
 from .echo import EchoService
 from .http import READ_BUFFER_BYTES, make_app
 from .sockets import bind, describe
+from .stamp import StampReflector
 
 __all__ = ["main", "serve", "apply_overrides"]
 
@@ -47,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qiancheng-responder",
         description="Target-side server for qiancheng probes: HTTP download/upload/ping, TCP echo, a DNS "
-        "test zone. Without --config it runs on loopback with the default ports (HTTP 9311, echo 9312, "
-        "DNS 9353). Options given here override the config file.",
+        "test zone, a STAMP reflector. Without --config it runs on loopback with the default ports (HTTP 9311, "
+        "echo 9312, DNS 9353, STAMP 8620). Options given here override the config file.",
     )
     parser.add_argument("--config", metavar="FILE", help="responder config (YAML), e.g. configs/responder.yaml")
     parser.add_argument(
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--http-port", metavar="N", type=_port, help="HTTP port (0: off)")
     parser.add_argument("--echo-port", metavar="N", type=_port, help="TCP echo port (0: off)")
     parser.add_argument("--dns-port", metavar="N", type=_port, help="DNS port, UDP and TCP (0: off)")
+    parser.add_argument("--stamp-port", metavar="N", type=_port, help="STAMP reflector UDP port (0: off; 862 needs root)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
     return parser
 
@@ -66,7 +68,8 @@ def apply_overrides(config: ResponderConfig, args: argparse.Namespace) -> Respon
     """The config with the command line's options in place of the file's."""
     ports = {
         name: value
-        for name, value in (("http", args.http_port), ("echo", args.echo_port), ("dns", args.dns_port))
+        for name, value in (("http", args.http_port), ("echo", args.echo_port), ("dns", args.dns_port),
+                            ("stamp", args.stamp_port))
         if value is not None
     }
     changes: dict[str, object] = {}
@@ -87,9 +90,10 @@ class _Sockets:
     echo: list[socket.socket] = field(default_factory=list)
     dns_udp: list[socket.socket] = field(default_factory=list)
     dns_tcp: list[socket.socket] = field(default_factory=list)
+    stamp: list[socket.socket] = field(default_factory=list)
 
     def all(self) -> list[socket.socket]:
-        return self.http + self.echo + self.dns_udp + self.dns_tcp
+        return self.http + self.echo + self.dns_udp + self.dns_tcp + self.stamp
 
 
 def _bind_all(config: ResponderConfig) -> _Sockets:
@@ -100,6 +104,7 @@ def _bind_all(config: ResponderConfig) -> _Sockets:
         (sockets.echo, "echo", config.ports.echo, socket.SOCK_STREAM),
         (sockets.dns_udp, "dns/udp", config.ports.dns, socket.SOCK_DGRAM),
         (sockets.dns_tcp, "dns/tcp", config.ports.dns, socket.SOCK_STREAM),
+        (sockets.stamp, "stamp", config.ports.stamp, socket.SOCK_DGRAM),
     ]
     try:
         for into, service, port, kind in plan:
@@ -149,13 +154,16 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
     dns_tcp = DnsTcpService(zone, config.dns.max_tcp_connections, float(config.dns.tcp_idle_timeout))
     for sock in sockets.dns_tcp:
         await dns_tcp.listen(sock)
+    reflectors = [StampReflector(sock) for sock in sockets.stamp]
+    for reflector in reflectors:
+        reflector.start()
 
     def where(group: list[socket.socket]) -> str:
         return ",".join(describe(*s.getsockname()[:2]) for s in group) or "off"
 
     log.info(kv(
         "responder_started", version=__version__, http=where(sockets.http), echo=where(sockets.echo),
-        dns=where(sockets.dns_udp), dns_zone=config.dns.zone, max_download_bytes=int(limits.max_download_bytes),
+        dns=where(sockets.dns_udp), stamp=where(sockets.stamp), dns_zone=config.dns.zone, max_download_bytes=int(limits.max_download_bytes),
         max_upload_bytes=int(limits.max_upload_bytes), max_concurrent_transfers=limits.max_concurrent_transfers,
         max_echo_connections=limits.max_echo_connections,
     ))
@@ -168,9 +176,14 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
     dns_tcp.close()
     for transport in udp_transports:
         transport.close()
+    for reflector in reflectors:
+        reflector.close()
     if runner is not None:
         await runner.cleanup()  # stops accepting, then gives transfers the grace period
-    log.info(kv("responder_stopped", echo_refused=echo.refused))
+    log.info(kv(
+        "responder_stopped", echo_refused=echo.refused, stamp_reflected=sum(r.reflected for r in reflectors),
+        stamp_dropped_short=sum(r.dropped_short for r in reflectors),
+    ))
     return 0
 
 

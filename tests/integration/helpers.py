@@ -117,7 +117,7 @@ class Responder:
         self.process = self.processes.start(
             PYTHON, "-m", "qiancheng.probes.responder.main", "--listen", "127.0.0.1",
             "--http-port", str(self.http_port), "--echo-port", str(self.echo_port), "--dns-port", str(self.dns_port),
-            name="responder",
+            "--stamp-port", "0", name="responder",
         )
         wait_tcp(self.http_port)
         wait_tcp(self.echo_port)

@@ -167,7 +167,7 @@ class Stack:
         self.responder = self.processes.start(
             PYTHON, "-m", "qiancheng.probes.responder.main", "--listen", self.link.host_address,
             "--http-port", str(self.http_port), "--echo-port", str(self.echo_port), "--dns-port", str(self.dns_port),
-            name="responder",
+            "--stamp-port", "0", name="responder",
         )  # fmt: skip
         wait_tcp(self.http_port, host=self.link.host_address)
         wait_tcp(self.echo_port, host=self.link.host_address)

@@ -77,7 +77,7 @@ class Responder:
 def start_responder(processes: Processes, config: Path | None = None) -> Responder:
     http_port, echo_port, dns_port = free_port(), free_port(), free_udp_tcp_port()
     args = [script("qiancheng-responder"), "--listen", HOST, "--http-port", str(http_port),
-            "--echo-port", str(echo_port), "--dns-port", str(dns_port)]
+            "--echo-port", str(echo_port), "--dns-port", str(dns_port), "--stamp-port", "0"]
     if config is not None:
         args += ["--config", str(config)]
     process = processes.start(*args, name="responder")
@@ -520,7 +520,7 @@ def test_busy_port_exits_1_naming_service_and_address(processes: Processes, cons
         busy = holder.getsockname()[1]
         done = subprocess.run(
             [console("qiancheng-responder"), "--listen", HOST, "--http-port", str(free_port()),
-             "--echo-port", str(busy), "--dns-port", "0"],
+             "--echo-port", str(busy), "--dns-port", "0", "--stamp-port", "0"],
             capture_output=True, text=True, timeout=20,
         )
     assert done.returncode == 1
@@ -535,7 +535,7 @@ def test_listens_on_ipv4_and_ipv6_together(processes: Processes, console: Callab
         pytest.skip("no IPv6 loopback (::1) on this machine")
     http_port, dns_port = free_port(), free_udp_tcp_port()
     processes.start(console("qiancheng-responder"), "--listen", HOST, "--listen", "::1", "--http-port", str(http_port),
-                    "--echo-port", "0", "--dns-port", str(dns_port), name="responder")
+                    "--echo-port", "0", "--dns-port", str(dns_port), "--stamp-port", "0", name="responder")
     wait_tcp(http_port)
     wait_tcp(http_port, host="::1")
     for host in (HOST, "[::1]"):

@@ -24,7 +24,7 @@ def responder_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     processes = Processes(tmp_path_factory.mktemp("responder"))
     port = free_port()
     processes.start(PYTHON, "-m", "qiancheng.probes.responder.main", "--listen", "127.0.0.1", "--listen", "::1",
-                    "--http-port", str(port), "--echo-port", "0", "--dns-port", "0", name="responder")
+                    "--http-port", str(port), "--echo-port", "0", "--dns-port", "0", "--stamp-port", "0", name="responder")
     try:
         wait_tcp(port)
         yield port

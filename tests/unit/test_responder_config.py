@@ -110,7 +110,8 @@ def test_bad_config_inline(tmp_path: Path, text: str, line: int, field: str, rea
 
 
 def _args(**given: object) -> argparse.Namespace:
-    fields: dict[str, object] = {"listen": None, "http_port": None, "echo_port": None, "dns_port": None, "log_level": None}
+    fields: dict[str, object] = {"listen": None, "http_port": None, "echo_port": None, "dns_port": None, "stamp_port": None,
+                               "log_level": None}
     return argparse.Namespace(**{**fields, **given})
 
 

@@ -1,0 +1,266 @@
+"""STAMP Session-Sender (kind `stamp`, RFC 8762, unauthenticated): a train of test packets to a reflector.
+
+Each train has its own UDP socket, connected to the reflector (so an ICMP port unreachable surfaces as
+`refused`), and numbers its packets from 0 (RFC 8762 §4.2.1). Packets are `size` bytes, zero padded;
+a reflector answers with the same size.
+
+Timestamps (RFC 8762 §4.2, §4.3). T1, the send time, is a clock read written into the packet as the
+last step before `send()`; T2 and T3 are the reflector's receive and transmit times, read from its
+reply; T4 is this host's kernel receive timestamp (SO_TIMESTAMPNS). T1 and T4 are CLOCK_REALTIME, so
+T4 − T1 is checked against the monotonic clock reads around it, which replace it if a clock step made
+them disagree.
+
+Figures.
+- round-trip delay = (T4 − T1) − (T3 − T2): the reflector's time between receive and transmit is taken
+  out, and it needs no clock synchronization, as both differences are read on one clock each;
+- one-way delays: forward T2 − T1, backward T4 − T3, medians over the train. They compare two hosts'
+  clocks, so they are only as good as those clocks agree: `clock_error_seconds` is the sum of both
+  ends' Error Estimates (RFC 4656 §4.1.2), and `clock_synchronized` is 1 only when both ends set the
+  S bit. A one-way delay smaller than the clock error means nothing, and a negative one says a clock
+  is off; they are reported as measured, never clamped. When the reflector sends PTP timestamps (Z bit)
+  the one-way delays are left out (its epoch and ours differ by the TAI − UTC offset).
+- loss (RFC 7680): a packet is lost unless its reply came within `timeout` of its send; replies after
+  that count in `late`, second copies in `duplicates`; `reordered` counts the packets whose reply came
+  after the reply to a packet with a higher sequence number (RFC 4737 §3); neither changes loss.
+- `mos`, `r_factor`: the E-model estimate (probes/mos.py) from half the median round trip, the jitter
+  and the loss of the train.
+The reflector's stateless mode allows round-trip loss only (RFC 8762 §4); a lost packet is not
+attributed to a direction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from dataclasses import dataclass, field
+
+from ..clock import monotonic, wall_ns
+from ..errors import MeasurementError
+from ..mos import voice_figures
+from ..result import Result, Target
+from ..settings import StampSettings
+from ..stamp_packet import (
+    SENDER_TIMESTAMP_OFFSET,
+    ErrorEstimate,
+    ReflectorPacket,
+    build_sender_packet,
+    enable_receive_ttl,
+    local_error_estimate,
+    ns_from_timestamp,
+    ntp_from_ns,
+    parse_reflector_packet,
+    received_ttl,
+    stamp_timestamp,
+)
+from ..stats import median, train_stats
+from .addresses import enable_receive_timestamps, kernel_timestamp_ns, resolve, split_host_port
+
+__all__ = ["measure", "StampTrain"]
+
+KIND = "stamp"
+
+_ANCILLARY_BYTES = 256  # SCM_TIMESTAMPNS and IP_TTL / IPV6_HOPLIMIT, with their headers
+_MAX_DATAGRAM = 65_535
+_READS_PER_WAKEUP = 64
+
+
+@dataclass(eq=False, slots=True)
+class StampTrain:
+    """The state of one train: what was sent, and what the replies said, filled in as they arrive."""
+
+    count: int
+    timeout: float
+    sent_wall_ns: list[int] = field(default_factory=list)  # T1 as written into each packet
+    sent_perf_ns: list[int] = field(default_factory=list)
+    samples: list[float | None] = field(default_factory=list)
+    forward: list[float] = field(default_factory=list)
+    backward: list[float] = field(default_factory=list)
+    answered: set[int] = field(default_factory=set)
+    highest: int = -1
+    duplicates: int = 0
+    late: int = 0
+    reordered: int = 0
+    received: int = 0
+    refused: bool = False
+    kernel_receive: bool = True
+    reflector_estimate: ErrorEstimate | None = None
+    reflector_ttl: int | None = None
+    reply_ttl: int | None = None
+    complete: asyncio.Future[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.samples = [None] * self.count
+
+    def reply(self, packet: ReflectorPacket, kernel_ns: int | None, receive_wall_ns: int, perf_ns: int,
+              ttl: int | None) -> None:
+        """Account for one reply; T4 is `kernel_ns`, else the clock read right after it was read."""
+        index = packet.sender_sequence
+        if index >= len(self.sent_perf_ns) or packet.sender_timestamp != ntp_from_ns(self.sent_wall_ns[index]):
+            return  # not a reply to a packet of this train
+        if index in self.answered:
+            self.duplicates += 1
+            return
+        self.answered.add(index)
+        t1 = self.sent_wall_ns[index]
+        elapsed = (perf_ns - self.sent_perf_ns[index]) / 1e9
+        t4 = kernel_ns if kernel_ns is not None else receive_wall_ns
+        self.kernel_receive &= kernel_ns is not None
+        local = (t4 - t1) / 1e9
+        if not 0 <= local <= elapsed:  # the wall clock stepped during the round trip
+            local, t4 = elapsed, t1 + round(elapsed * 1e9)
+        if local > self.timeout:
+            self.late += 1
+            self.highest = max(self.highest, index)
+            return
+        if index < self.highest:
+            self.reordered += 1
+        self.highest = max(self.highest, index)
+        estimate = packet.error_estimate
+        t2 = ns_from_timestamp(packet.receive_timestamp, estimate)
+        t3 = ns_from_timestamp(packet.timestamp, estimate)
+        residence = min(max((t3 - t2) / 1e9, 0.0), local)  # a reflector cannot hold a packet < 0 s or > RTT
+        self.samples[index] = local - residence
+        if not estimate.ptp_format:
+            self.forward.append((t2 - t1) / 1e9)
+            self.backward.append((t4 - t3) / 1e9)
+        self.reflector_estimate = estimate
+        self.reflector_ttl = packet.sender_ttl
+        if ttl is not None:
+            self.reply_ttl = ttl
+        self.received += 1
+        if self.received == self.count and self.complete is not None and not self.complete.done():
+            self.complete.set_result(None)
+
+    def read(self, sock: socket.socket) -> None:
+        """Read every reply waiting on the train's socket."""
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                data, ancillary, _, _ = sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                self.refused = True  # ICMP port unreachable for an earlier packet: no reflector there
+                continue
+            except OSError:
+                continue
+            perf_ns, receive_wall_ns = time.perf_counter_ns(), time.time_ns()
+            packet = parse_reflector_packet(data)
+            if packet is not None:
+                self.reply(packet, kernel_timestamp_ns(ancillary), receive_wall_ns, perf_ns, received_ttl(ancillary))
+
+    def figures(self, own: ErrorEstimate) -> dict[str, float]:
+        """The train's figures under the names of docs/metrics.md (see the module docstring)."""
+        stats = train_stats(self.samples, duplicates=self.duplicates, late=self.late)
+        figures = stats.figures()
+        figures["reordered"] = float(self.reordered)
+        if self.forward:
+            figures["forward_delay_median_seconds"] = median(self.forward)
+            figures["backward_delay_median_seconds"] = median(self.backward)
+        if self.reflector_estimate is not None:
+            figures["clock_error_seconds"] = own.seconds + self.reflector_estimate.seconds
+            figures["clock_synchronized"] = float(own.synchronized and self.reflector_estimate.synchronized)
+        if stats.rtt_median is not None:
+            figures.update(voice_figures(stats.rtt_median / 2, stats.jitter or 0.0, stats.loss_ratio))
+        return figures
+
+
+def _finish(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _open(family: socket.AddressFamily, address: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        enable_receive_timestamps(sock)
+        enable_receive_ttl(sock)
+        sock.connect((address, port))
+    except OSError as error:
+        sock.close()
+        raise MeasurementError("unreachable" if error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "error",
+                               f"cannot send to {address} port {port}: {error.strerror}") from None
+    return sock
+
+
+async def measure(target: Target, settings: StampSettings) -> Result:
+    """One STAMP train; a result with per-packet round-trip samples and the train's figures."""
+    start_ns, started = wall_ns(), monotonic()
+    try:
+        host, port = split_host_port(target.address, settings.port)
+    except ValueError as error:
+        raise MeasurementError("error", str(error)) from None
+    family, address = await resolve(host, port, settings.family, socket.SOCK_DGRAM)
+    loop = asyncio.get_running_loop()
+    own = local_error_estimate()
+    train = StampTrain(settings.count, float(settings.timeout))
+    train.complete = loop.create_future()
+    sock = _open(family, address, port)
+    loop.add_reader(sock.fileno(), train.read, sock)
+    send_errors: list[OSError] = []
+    try:
+        first_send = loop.time()
+        for sequence in range(settings.count):
+            delay = first_send + sequence * float(settings.packet_interval) - loop.time()
+            if sequence and delay > 0:
+                await asyncio.sleep(delay)
+            packet = build_sender_packet(sequence, 0, own, settings.size)
+            sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
+            stamp_timestamp(packet, SENDER_TIMESTAMP_OFFSET, sent_wall_ns)  # T1, as late as we can
+            train.sent_wall_ns.append(sent_wall_ns)
+            train.sent_perf_ns.append(sent_perf_ns)
+            try:
+                sock.send(packet)
+            except ConnectionRefusedError:
+                train.refused = True  # the ICMP error of an earlier packet; this one is lost too
+            except OSError as error:  # a full send buffer or no route: the packet is lost
+                send_errors.append(error)
+        remaining = (train.sent_perf_ns[-1] - time.perf_counter_ns()) / 1e9 + float(settings.timeout)
+        if remaining > 0 and not train.complete.done():
+            timer = loop.call_later(remaining, _finish, train.complete)
+            try:
+                await train.complete
+            finally:
+                timer.cancel()
+    finally:
+        loop.remove_reader(sock.fileno())
+        sock.close()
+
+    figures = train.figures(own)
+    info = {
+        "address": address,
+        "port": str(port),
+        "size_bytes": str(settings.size),
+        "receive_timestamps": "kernel" if train.kernel_receive else "clock",
+    }
+    if train.reflector_ttl is not None:
+        info["reflector_ttl"] = str(train.reflector_ttl)  # TTL / hop limit our packets reached the reflector with
+    if train.reply_ttl is not None:
+        info["reply_ttl"] = str(train.reply_ttl)  # TTL / hop limit the replies reached us with
+    if train.reflector_estimate is not None and train.reflector_estimate.ptp_format:
+        info["reflector_timestamps"] = "ptp"
+    reason: str | None = None
+    detail: str | None = None
+    if train.received == 0:
+        reason = "refused" if train.refused else "loss"
+        detail = (f"{address} port {port} refused (ICMP port unreachable): no STAMP reflector there" if train.refused
+                  else f"no reply from {address} port {port} to {settings.count} STAMP packets within "
+                       f"{float(settings.timeout):g} s")
+        if send_errors:
+            detail += f" ({len(send_errors)} not sent: {send_errors[0].strerror or send_errors[0]})"
+    elif send_errors:
+        info["send_errors"] = f"{len(send_errors)}: {send_errors[0].strerror or send_errors[0]}"
+    return Result(
+        kind=KIND,
+        target=target,
+        start_ns=start_ns,
+        duration_seconds=max(0.0, monotonic() - started),
+        success=reason is None,
+        error=reason,
+        detail=detail,
+        figures=figures,
+        info=info,
+        samples=train.samples,
+    )

@@ -1,0 +1,104 @@
+"""STAMP Session-Reflector (RFC 8762), unauthenticated and stateless, on the responder's UDP sockets.
+
+Stateless (RFC 8762 §4): no per-session state; each reply reuses the sender's sequence number, so a
+sender measures round-trip loss only. Each reply has exactly the size of the packet it answers
+(symmetrical packets, §4), and a packet shorter than the 44-byte base layout is dropped and counted:
+the reflector never sends more bytes than it received, so it cannot amplify a spoofed flood.
+
+Timing. T2 (receive) is the kernel's receive timestamp (SO_TIMESTAMPNS), falling back to a clock read
+right after the read; T3 (transmit) is a clock read written into the reply as the last step before
+`sendto()`. The Session-Sender TTL is the TTL (IPv4, IP_RECVTTL) or hop limit (IPv6,
+IPV6_RECVHOPLIMIT) the sender's packet arrived with. The Error Estimate states this host's clock
+state as the kernel knows it (see `stamp_packet.local_error_estimate`), refreshed once a second.
+
+Asyncio. The socket is read through `loop.add_reader` and `recvmsg()`: asyncio's datagram transports
+drop the ancillary data that carries the timestamp and the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from ..clock import monotonic
+from ..logs import kv
+from ..measure.addresses import enable_receive_timestamps, kernel_timestamp_ns
+from ..stamp_packet import (
+    REFLECTOR_TIMESTAMP_OFFSET,
+    ErrorEstimate,
+    build_reflector_packet,
+    enable_receive_ttl,
+    local_error_estimate,
+    received_ttl,
+    stamp_timestamp,
+)
+
+__all__ = ["StampReflector"]
+
+log = logging.getLogger("qiancheng.responder.stamp")
+
+_ANCILLARY_BYTES = 256  # SCM_TIMESTAMPNS (16 bytes) and IP_TTL / IPV6_HOPLIMIT (4), with their headers
+_MAX_DATAGRAM = 65_535
+_READS_PER_WAKEUP = 64
+_ESTIMATE_REFRESH_SECONDS = 1.0
+
+
+class StampReflector:
+    """The reflector on one bound UDP socket; counts what it reflected and what it dropped."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reflected = 0
+        self.dropped_short = 0  # shorter than the 44-byte base packet: never answered
+        self.send_errors = 0
+        self._estimate = local_error_estimate()
+        self._estimate_at = monotonic()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        enable_receive_timestamps(sock)
+        enable_receive_ttl(sock)
+
+    def start(self) -> None:
+        """Begin answering on the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        self._loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        """Stop answering and close the socket."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+        self.sock.close()
+
+    def _error_estimate(self) -> ErrorEstimate:
+        now = monotonic()
+        if now - self._estimate_at >= _ESTIMATE_REFRESH_SECONDS:
+            self._estimate, self._estimate_at = local_error_estimate(), now
+        return self._estimate
+
+    def _on_readable(self) -> None:
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                data, ancillary, _, source = self.sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error for an earlier reply (the sender went away): nothing to answer
+            self.reflect(data, kernel_timestamp_ns(ancillary) or time.time_ns(), received_ttl(ancillary), source)
+
+    def reflect(self, data: bytes, receive_ns: int, ttl: int | None, source: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        """Answer one received packet (dropped and counted if it is shorter than a STAMP packet)."""
+        reply = build_reflector_packet(data, receive_ns, ttl if ttl is not None else 0, self._error_estimate())
+        if reply is None:
+            self.dropped_short += 1
+            log.debug(kv("stamp_short_packet", peer=source[0], size=len(data)))
+            return
+        stamp_timestamp(reply, REFLECTOR_TIMESTAMP_OFFSET, time.time_ns())  # T3: as late as we can
+        try:
+            self.sock.sendto(reply, source)
+        except OSError:
+            self.send_errors += 1  # a full buffer or an unreachable sender: the sender counts it lost
+            return
+        self.reflected += 1

@@ -1,0 +1,120 @@
+"""The STAMP reflector on real loopback sockets: symmetric answers, short packets dropped, TTL copied."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from qiancheng.probes.responder.stamp import StampReflector
+from qiancheng.probes.stamp_packet import (
+    ErrorEstimate,
+    build_sender_packet,
+    ns_from_ntp,
+    ntp_from_ns,
+    parse_reflector_packet,
+)
+
+ESTIMATE = ErrorEstimate(True, 10, 42)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def _reflector(host: str) -> StampReflector:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    reflector = StampReflector(sock)
+    reflector.start()
+    return reflector
+
+
+@pytest.fixture
+async def reflector() -> AsyncIterator[StampReflector]:
+    started = await _reflector("127.0.0.1")
+    yield started
+    started.close()
+
+
+async def _exchange(reflector: StampReflector, payloads: list[bytes], ttl: int | None = None,
+                    wait: float = 0.3) -> list[bytes]:
+    """Send each payload from a fresh client socket; everything that came back within `wait`."""
+    host, port = reflector.sock.getsockname()[:2]
+    family = reflector.sock.family
+    loop = asyncio.get_running_loop()
+    replies: list[bytes] = []
+    with socket.socket(family, socket.SOCK_DGRAM) as client:
+        client.setblocking(False)
+        if ttl is not None and family == socket.AF_INET6:
+            client.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+        elif ttl is not None:
+            client.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+        client.connect((host, port))
+        for payload in payloads:
+            client.send(payload)
+        deadline = loop.time() + wait
+        while loop.time() < deadline:
+            try:
+                replies.append(client.recv(65_535))
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+    return replies
+
+
+async def test_answers_have_exactly_the_size_received(reflector: StampReflector) -> None:
+    sizes = [44, 45, 100, 1472, 9000]
+    payloads = [bytes(build_sender_packet(i, time.time_ns(), ESTIMATE, size)) for i, size in enumerate(sizes)]
+    replies = await _exchange(reflector, payloads)
+    assert sorted(len(r) for r in replies) == sizes
+    assert reflector.reflected == len(sizes) and reflector.dropped_short == 0
+
+
+async def test_packets_shorter_than_the_layout_are_dropped_and_counted(reflector: StampReflector) -> None:
+    full = bytes(build_sender_packet(1, time.time_ns(), ESTIMATE))
+    replies = await _exchange(reflector, [b"", full[:1], full[:20], full[:43]])
+    assert replies == []
+    assert reflector.dropped_short == 4 and reflector.reflected == 0
+
+
+async def test_never_more_bytes_out_than_in_for_any_size(reflector: StampReflector) -> None:
+    rng = random.Random(862)
+    sizes = [rng.randrange(0, 300) for _ in range(60)]
+    payloads = [rng.randbytes(size) for size in sizes]
+    replies = await _exchange(reflector, payloads, wait=0.5)
+    answered = [s for s in sizes if s >= 44]
+    assert sorted(len(r) for r in replies) == sorted(answered)  # one answer per valid packet, same size
+    assert sum(len(r) for r in replies) <= sum(sizes)
+    assert reflector.dropped_short == len(sizes) - len(answered)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_reply_copies_the_sender_and_reports_the_ttl_it_arrived_with(host: str) -> None:
+    if ":" in host and not _has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback (::1) on this machine")
+    reflector = await _reflector(host)
+    try:
+        sent_ns = time.time_ns()
+        sender = bytes(build_sender_packet(0xABCDEF01, sent_ns, ESTIMATE, 64))
+        [reply] = await _exchange(reflector, [sender], ttl=17)
+        received_ns = time.time_ns()
+    finally:
+        reflector.close()
+    packet = parse_reflector_packet(reply)
+    assert packet is not None
+    assert packet.sender_ttl == 17  # loopback forwards nothing: the TTL we set is the TTL that arrived
+    assert packet.sequence == packet.sender_sequence == 0xABCDEF01  # stateless mode (RFC 8762 §4)
+    assert packet.sender_timestamp == ntp_from_ns(sent_ns)
+    assert packet.sender_error_estimate == ESTIMATE
+    t2, t3 = ns_from_ntp(packet.receive_timestamp), ns_from_ntp(packet.timestamp)
+    assert sent_ns <= t2 <= t3 <= received_ns  # T2 at arrival, T3 at the reply's send, in that order
