@@ -317,3 +317,12 @@ def test_issue5_families_have_help_and_pass_promtool() -> None:
 
 def with_figures(result: Result, figures: dict[str, float]) -> Result:
     return msgspec.structs.replace(result, figures=result.figures | figures)
+
+
+def test_restore_rebuilds_cdn_info_from_the_latest_stored_result() -> None:
+    state = new_live_state()
+    hit = cdn_http(7, T0, {"cache_status": "hit", "edge": "NRT57-C1"}, {"cdn_cache_hit": 1.0})
+    state.restore([StoredResult("p1", "lishui", "ct", T0, hit)], [], allowed={"p1"})
+    registry = registry_with(state)
+    assert value(registry, "qiancheng_cdn_info", **labels(CDN_URL, "http"), cache_status="hit", edge="NRT57-C1") == 1
+    assert value(registry, "qiancheng_cdn_cache_hit", **labels(CDN_URL, "http")) == 1
