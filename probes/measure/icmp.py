@@ -369,8 +369,8 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
     elif send_errors:
         info["send_errors"] = f"{len(send_errors)}: {send_errors[0].strerror or errno.errorcode.get(send_errors[0].errno or 0, '')}"
     figures = stats.figures()
-    if stats.rtt_mean is not None:  # the voice estimate takes half the mean RTT as the one-way delay
-        figures.update(voice_figures(stats.rtt_mean / 2, stats.jitter or 0.0, stats.loss_ratio))
+    if stats.rtt_median is not None:  # the voice estimate takes half the median RTT as the one-way delay
+        figures.update(voice_figures(stats.rtt_median / 2, stats.jitter or 0.0, stats.loss_ratio))
     return Result(
         kind=KIND,
         target=target,
