@@ -5,10 +5,12 @@ Each train has its own UDP socket, connected to the reflector (so an ICMP port u
 a reflector answers with the same size.
 
 Timestamps (RFC 8762 §4.2, §4.3). T1, the send time, is a clock read written into the packet as the
-last step before `send()`; T2 and T3 are the reflector's receive and transmit times, read from its
-reply; T4 is this host's kernel receive timestamp (SO_TIMESTAMPNS). T1 and T4 are CLOCK_REALTIME, so
-T4 − T1 is checked against the monotonic clock reads around it, which replace it if a clock step made
-them disagree.
+last step before `send()`; for our own figures it is then replaced by the kernel's software send
+timestamp (SO_TIMESTAMPING, from the socket's error queue) where the kernel gives one, which leaves the
+interpreter's share of the send (some 10-20 µs) out. T2 and T3 are the reflector's receive and transmit
+times, read from its reply; T4 is this host's kernel receive timestamp (SO_TIMESTAMPNS). T1 and T4 are
+CLOCK_REALTIME, so T4 − T1 is checked against the monotonic clock reads around it, which replace it if
+a clock step made them disagree.
 
 Figures.
 - round-trip delay = (T4 − T1) − (T3 − T2): the reflector's time between receive and transmit is taken
@@ -42,6 +44,7 @@ from ..mos import voice_figures
 from ..result import Result, Target
 from ..settings import StampSettings
 from ..stamp_packet import (
+    PACKET_BYTES,
     SENDER_TIMESTAMP_OFFSET,
     ErrorEstimate,
     ReflectorPacket,
@@ -51,11 +54,19 @@ from ..stamp_packet import (
     ns_from_timestamp,
     ntp_from_ns,
     parse_reflector_packet,
+    parse_sender_packet,
     received_ttl,
     stamp_timestamp,
 )
 from ..stats import median, train_stats
-from .addresses import enable_receive_timestamps, kernel_timestamp_ns, resolve, split_host_port
+from .addresses import (
+    enable_receive_timestamps,
+    enable_send_timestamps,
+    kernel_timestamp_ns,
+    resolve,
+    send_timestamp_ns,
+    split_host_port,
+)
 
 __all__ = ["measure", "StampTrain"]
 
@@ -64,6 +75,8 @@ KIND = "stamp"
 _ANCILLARY_BYTES = 256  # SCM_TIMESTAMPNS and IP_TTL / IPV6_HOPLIMIT, with their headers
 _MAX_DATAGRAM = 65_535
 _READS_PER_WAKEUP = 64
+_ERRQUEUE_ANCILLARY_BYTES = 512  # SCM_TIMESTAMPING (48 bytes) and IP(V6)_RECVERR (up to 44), with room
+_LOOPED_HEADROOM = 128  # a looped-back packet carries its link, IP and UDP headers before our payload
 
 
 @dataclass(eq=False, slots=True)
@@ -72,8 +85,10 @@ class StampTrain:
 
     count: int
     timeout: float
+    size: int = PACKET_BYTES
     sent_wall_ns: list[int] = field(default_factory=list)  # T1 as written into each packet
     sent_perf_ns: list[int] = field(default_factory=list)
+    sent_kernel_ns: list[int] = field(default_factory=list)  # 0 until the kernel's send timestamp is read
     samples: list[float | None] = field(default_factory=list)
     forward: list[float] = field(default_factory=list)
     backward: list[float] = field(default_factory=list)
@@ -93,6 +108,22 @@ class StampTrain:
     def __post_init__(self) -> None:
         self.samples = [None] * self.count
 
+    def sent(self, wall_ns: int, perf_ns: int) -> None:
+        """Record a packet's send: T1 as written into it, and the monotonic clock read beside it."""
+        self.sent_wall_ns.append(wall_ns)
+        self.sent_perf_ns.append(perf_ns)
+        self.sent_kernel_ns.append(0)
+
+    def transmitted(self, looped: bytes, kernel_ns: int) -> None:
+        """The kernel's send timestamp of a packet, given the packet as the error queue returned it."""
+        if len(looped) < PACKET_BYTES:
+            return
+        sender = parse_sender_packet(looped[-self.size:]) if len(looped) >= self.size else None
+        if sender is None or sender.sequence >= len(self.sent_wall_ns):
+            return
+        if sender.timestamp == ntp_from_ns(self.sent_wall_ns[sender.sequence]):
+            self.sent_kernel_ns[sender.sequence] = kernel_ns
+
     def reply(self, packet: ReflectorPacket, kernel_ns: int | None, receive_wall_ns: int, perf_ns: int,
               ttl: int | None) -> None:
         """Account for one reply; T4 is `kernel_ns`, else the clock read right after it was read."""
@@ -103,7 +134,7 @@ class StampTrain:
             self.duplicates += 1
             return
         self.answered.add(index)
-        t1 = self.sent_wall_ns[index]
+        t1 = self.sent_kernel_ns[index] or self.sent_wall_ns[index]
         elapsed = (perf_ns - self.sent_perf_ns[index]) / 1e9
         t4 = kernel_ns if kernel_ns is not None else receive_wall_ns
         self.kernel_receive &= kernel_ns is not None
@@ -134,7 +165,20 @@ class StampTrain:
             self.complete.set_result(None)
 
     def read(self, sock: socket.socket) -> None:
-        """Read every reply waiting on the train's socket."""
+        """Read every send timestamp, then every reply, waiting on the train's socket."""
+        # Send timestamps first: a reply read in this same wakeup needs its packet's send time. Always
+        # drained: a stamp left queued would keep the socket readable (EPOLLERR) forever.
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                looped, ancillary, _, _ = sock.recvmsg(self.size + _LOOPED_HEADROOM, _ERRQUEUE_ANCILLARY_BYTES,
+                                                       socket.MSG_ERRQUEUE)
+            except ConnectionRefusedError:
+                self.refused = True
+                continue
+            except OSError:  # BlockingIOError: the queue is empty
+                break
+            if (stamp := send_timestamp_ns(ancillary)) is not None:
+                self.transmitted(looped, stamp)
         for _ in range(_READS_PER_WAKEUP):
             try:
                 data, ancillary, _, _ = sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY_BYTES)
@@ -171,18 +215,20 @@ def _finish(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _open(family: socket.AddressFamily, address: str, port: int) -> socket.socket:
+def _open(family: socket.AddressFamily, address: str, port: int) -> tuple[socket.socket, bool]:
+    """A UDP socket connected to the reflector, and whether the kernel will report send timestamps."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         enable_receive_timestamps(sock)
         enable_receive_ttl(sock)
+        send_timestamps = enable_send_timestamps(sock)
         sock.connect((address, port))
     except OSError as error:
         sock.close()
         raise MeasurementError("unreachable" if error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "error",
                                f"cannot send to {address} port {port}: {error.strerror}") from None
-    return sock
+    return sock, send_timestamps
 
 
 async def measure(target: Target, settings: StampSettings) -> Result:
@@ -195,9 +241,9 @@ async def measure(target: Target, settings: StampSettings) -> Result:
     family, address = await resolve(host, port, settings.family, socket.SOCK_DGRAM)
     loop = asyncio.get_running_loop()
     own = local_error_estimate()
-    train = StampTrain(settings.count, float(settings.timeout))
+    train = StampTrain(settings.count, float(settings.timeout), settings.size)
     train.complete = loop.create_future()
-    sock = _open(family, address, port)
+    sock, send_timestamps = _open(family, address, port)
     loop.add_reader(sock.fileno(), train.read, sock)
     send_errors: list[OSError] = []
     try:
@@ -209,8 +255,7 @@ async def measure(target: Target, settings: StampSettings) -> Result:
             packet = build_sender_packet(sequence, 0, own, settings.size)
             sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
             stamp_timestamp(packet, SENDER_TIMESTAMP_OFFSET, sent_wall_ns)  # T1, as late as we can
-            train.sent_wall_ns.append(sent_wall_ns)
-            train.sent_perf_ns.append(sent_perf_ns)
+            train.sent(sent_wall_ns, sent_perf_ns)
             try:
                 sock.send(packet)
             except ConnectionRefusedError:
@@ -234,6 +279,8 @@ async def measure(target: Target, settings: StampSettings) -> Result:
         "port": str(port),
         "size_bytes": str(settings.size),
         "receive_timestamps": "kernel" if train.kernel_receive else "clock",
+        "send_timestamps": "kernel" if send_timestamps and all(
+            train.sent_kernel_ns[i] for i in train.answered if train.samples[i] is not None) else "clock",
     }
     if train.reflector_ttl is not None:
         info["reflector_ttl"] = str(train.reflector_ttl)  # TTL / hop limit our packets reached the reflector with

@@ -100,7 +100,7 @@ def test_a_train_against_the_responder(reflector_port: int, host: str) -> None:
     assert isinstance(info, dict)
     # nothing forwards on loopback: our packets and the replies arrive with the TTL they were sent with
     assert info["reflector_ttl"] == info["reply_ttl"] == str(_default_ttl(host))
-    assert info["receive_timestamps"] == "kernel" and info["address"] == host
+    assert info["receive_timestamps"] == info["send_timestamps"] == "kernel" and info["address"] == host
 
 
 def test_port_and_padding_options(reflector_port: int) -> None:

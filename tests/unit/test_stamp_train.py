@@ -24,8 +24,7 @@ def _train(count: int, timeout: float = 1.0) -> StampTrain:
     """A train whose packet i left at T0 + 10 ms·i (wall and monotonic clocks alike)."""
     train = StampTrain(count, timeout)
     for i in range(count):
-        train.sent_wall_ns.append(T0 + 10 * MS * i)
-        train.sent_perf_ns.append(10 * MS * i)
+        train.sent(T0 + 10 * MS * i, 10 * MS * i)
     return train
 
 
@@ -124,3 +123,17 @@ def test_no_reply_means_no_delay_figures() -> None:
     assert figures["loss_ratio"] == 1.0
     for name in ("rtt_median_seconds", "forward_delay_median_seconds", "clock_error_seconds", "mos"):
         assert name not in figures
+
+
+def test_the_kernels_send_timestamp_replaces_the_clock_read_before_the_send() -> None:
+    train = _train(2)
+    t1 = train.sent_wall_ns[1]
+    # the error queue hands back the packet behind its link, IP and UDP headers (here 14 + 20 + 8 bytes)
+    looped = bytes(42) + bytes(build_sender_packet(1, t1, OWN))
+    train.transmitted(looped, t1 + 30_000)  # the kernel sent it 30 µs after our clock read
+    train.transmitted(bytes(42) + bytes(build_sender_packet(0, t1 + 1, OWN)), t1)  # not packet 0's T1: ignored
+    assert train.sent_kernel_ns == [0, t1 + 30_000]
+    t2, t3, t4 = t1 + 2 * MS, t1 + 3 * MS, t1 + 5 * MS
+    train.reply(_reply(train, 1, t2, t3), t4, t4, train.sent_perf_ns[1] + 5 * MS, None)
+    assert train.samples[1] == pytest.approx(0.004 - 30e-6, abs=1e-9)
+    assert train.forward == pytest.approx([0.002 - 30e-6], abs=1e-9)
