@@ -1,0 +1,220 @@
+"""Responsiveness under load on a tbf bottleneck with a large queue and with a small one.
+
+A client namespace downloads from a server namespace over a veth whose server end is shaped by tbf
+to RATE_BIT, first with a queue of SMALL_QUEUE_SECONDS (limit = rate × delay), then of
+LARGE_QUEUE_SECONDS. In each case a driver in the client namespace (this module run as a program)
+takes idle probes against the responder (http) and an HTTPS server beside it, starts an iperf3
+download (reverse mode, STREAMS streams) from the same server, waits WARM_UP_SECONDS for slow start
+to end and the queue to fill, then runs LatencyProbes (one set per scheme) and fping side by side for
+WINDOW_SECONDS. Every probe round trip and every echo reply crosses the shaped queue once.
+
+The load's sender uses CUBIC, loss-based like most servers, which fills a tail-drop queue: iperf3 sets
+it per socket (`-C cubic`), since this machine defaults to BBR, which keeps its own queue near one
+bandwidth-delay product (23 ms on the 250 ms queue here), and a namespace cannot change that default.
+
+Checks: on the large queue loaded RTT rises and responsiveness_rpm falls by at least RPM_FACTOR
+against the small one; the loaded RTT agrees with fping's median during the same load, and with the
+queue's theoretical delay (limit / rate) plus the idle round trip.
+
+Over TLS 1.3 the test server answers the first request one round trip late when the queue is long
+(http_f ≈ 2 RTT, ≈ 430 ms on the 250 ms queue; curl's time_starttransfer − time_pretransfer shows the
+same), which the draft counts as the server's share of responsiveness (§6.1.3); the pooled median and
+the https RPM carry it.
+
+    ip netns exec NS python -m tests.netlab.test_responsiveness HTTP_URL HTTPS_URL SERVER_ADDRESS
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qiancheng.probes.measure.loaded import LatencyProbes
+from tests.conftest import PYTHON, ROOT
+from tests.integration.helpers import require_root, require_tool
+from tests.netlab.lab import Lab, Netns, shape_rate
+
+PREFIX = "qr"
+HTTP_PORT, HTTPS_PORT = 9380, 9443
+SCHEMES = ("http", "https")
+RATE_BIT = 20_000_000
+SMALL_QUEUE_SECONDS = 0.020
+LARGE_QUEUE_SECONDS = 0.250
+STREAMS = 4
+IDLE_ROUNDS = 10
+WARM_UP_SECONDS = 2.0
+WINDOW_SECONDS = 4.0
+PROBE_INTERVAL_SECONDS = 0.1
+FPING_INTERVAL_MS = 100
+# The large queue holds 12.5 times the small one's delay (measured: 11x in RPM); a factor of 5 leaves
+# room for the probes' own processing and for retransmissions on the small queue. A 10 ms small queue
+# dropped so often under four CUBIC flows that one TLS handshake in four waited ~220 ms for a
+# retransmission (more than the trimmed mean's 5 %), and its https RPM swung between 1000 and 3000.
+RPM_FACTOR = 5.0
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """One case's outcome: our figures by scheme, fping's RTTs during the same window, the queue's delay."""
+
+    queue_seconds: float
+    figures: dict[str, dict[str, float]]
+    fping_seconds: list[float]
+    lost_echoes: int
+
+    @property
+    def fping_median(self) -> float:
+        return statistics.median(self.fping_seconds)
+
+
+def _run_case(urls: dict[str, str], server_address: str) -> dict[str, Any]:
+    """The driver's work, inside the client namespace: idle probes, then load, probes and fping together."""
+
+    async def main() -> dict[str, Any]:
+        # the HTTPS server's certificate is made for this run: what is timed here is the handshake, not trust
+        probes = {scheme: LatencyProbes(url, verify_tls=False, interval=PROBE_INTERVAL_SECONDS, timeout=2.0)
+                  for scheme, url in urls.items()}  # fmt: skip
+        for each in probes.values():
+            await each.measure_idle(IDLE_ROUNDS)
+        load = await asyncio.create_subprocess_exec(
+            "iperf3", "-c", server_address, "-R", "-C", "cubic", "-P", str(STREAMS), "-J",
+            "-t", str(WARM_UP_SECONDS + WINDOW_SECONDS + 2), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await asyncio.sleep(WARM_UP_SECONDS)
+            count = int(WINDOW_SECONDS * 1000 / FPING_INTERVAL_MS)
+            fping = await asyncio.create_subprocess_exec(
+                "fping", "-C", str(count), "-p", str(FPING_INTERVAL_MS), "-t", "2000", "-q", server_address,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(WINDOW_SECONDS, stop.set)
+            await asyncio.gather(*(each.run_loaded(stop) for each in probes.values()))
+            load_running = load.returncode is None  # through the whole window
+            _, fping_err = await fping.communicate()
+            report = json.loads((await load.communicate())[0])
+        finally:
+            if load.returncode is None:
+                load.terminate()
+                await load.wait()
+        line = next(l for l in fping_err.decode().splitlines() if " : " in l)
+        echoes = [None if v == "-" else float(v) / 1e3 for v in line.split(" : ", 1)[1].split()]
+        end = report.get("end", {})
+        return {"figures": {scheme: each.figures() for scheme, each in probes.items()}, "fping": echoes,
+                "load_running": load_running, "load_error": report.get("error"),
+                "congestion": end.get("sender_tcp_congestion"),
+                "load_bits_per_second": end.get("sum_received", {}).get("bits_per_second", 0.0)}  # fmt: skip
+
+    return asyncio.run(main())
+
+
+def _case(client: Netns, urls: dict[str, str], address: str) -> dict[str, Any]:
+    done = client.run(PYTHON, "-m", "tests.netlab.test_responsiveness", urls["http"], urls["https"], address,
+                          timeout=WARM_UP_SECONDS + WINDOW_SECONDS + 30)  # fmt: skip
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LoadedRun]]:
+    require_root()
+    for tool in ("ip", "tc", "iperf3", "fping", "openssl"):
+        require_tool(tool)
+    with Lab(PREFIX, workdir=tmp_path_factory.mktemp("lab")) as lab:
+        client, server = lab.namespace("c"), lab.namespace("s")
+        link = lab.link(client, server)
+        server.popen(require_tool("iperf3"), "-s", "-B", link.b_addr, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server.popen(PYTHON, "-m", "qiancheng.probes.responder.main", "--listen", link.b_addr, "--http-port",
+                     str(HTTP_PORT), "--echo-port", "0", "--dns-port", "0",
+                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        cert, key = lab.workdir / "cert.pem", lab.workdir / "key.pem"
+        subprocess.run(
+            [require_tool("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=server",
+             "-addext", f"subjectAltName=IP:{link.b_addr}"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        server.popen(PYTHON, "-m", "tests.netlab.servers.https_server", "--cert", str(cert), "--key", str(key),
+                     "--port", str(HTTPS_PORT), link.b_addr, cwd=ROOT)  # fmt: skip
+        for port in (HTTP_PORT, HTTPS_PORT, 5201):
+            server.wait_listening(port)
+        # https_server serves /ping only: a load URL of /download makes the probes ask for /ping there too
+        urls = {"http": f"http://{link.b_addr}:{HTTP_PORT}/download?bytes=1",
+                "https": f"https://{link.b_addr}:{HTTPS_PORT}/download?bytes=1"}  # fmt: skip
+        outcomes = {}
+        for name, queue_seconds in (("small", SMALL_QUEUE_SECONDS), ("large", LARGE_QUEUE_SECONDS)):
+            # the download direction: the server's end of the link is the bottleneck
+            shape_rate(server, link.b_dev, RATE_BIT, limit_bytes=int(RATE_BIT / 8 * queue_seconds))
+            result = _case(client, urls, link.b_addr)
+            assert result["load_running"], f"the load ended before the window did: {result['load_error']}"
+            assert result["congestion"] == "cubic" and result["load_bits_per_second"] > 0.8 * RATE_BIT, result
+            echoes = result["fping"]
+            outcomes[name] = LoadedRun(queue_seconds, result["figures"], [e for e in echoes if e is not None],
+                                       sum(1 for e in echoes if e is None))  # fmt: skip
+        yield outcomes
+
+
+def _shown(run: LoadedRun, scheme: str) -> str:
+    f = run.figures[scheme]
+    return (f"{scheme}, queue {run.queue_seconds * 1e3:.0f} ms: idle {f.get('idle_rtt_seconds', 0) * 1e3:.2f} ms, "
+            f"loaded {f.get('loaded_rtt_seconds', 0) * 1e3:.1f} ms, fping {run.fping_median * 1e3:.1f} ms, "
+            f"rpm {f.get('responsiveness_rpm', 0):.0f} (idle {f.get('idle_rpm', 0):.0f}), "
+            f"probes {f.get('loaded_probes', 0):.0f} ({f.get('loaded_probes_failed', 0):.0f} failed)")  # fmt: skip
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_large_queue_raises_loaded_rtt_and_lowers_responsiveness(runs: dict[str, LoadedRun], scheme: str) -> None:
+    small, large = runs["small"], runs["large"]
+    print("", _shown(small, scheme), _shown(large, scheme), sep="\n")
+    for run in (small, large):
+        figures = run.figures[scheme]
+        assert figures["loaded_probes"] >= 0.5 * WINDOW_SECONDS / PROBE_INTERVAL_SECONDS, _shown(run, scheme)
+        assert figures["loaded_rtt_seconds"] > figures["idle_rtt_seconds"], _shown(run, scheme)
+    assert large.figures[scheme]["bufferbloat_seconds"] > 0.5 * LARGE_QUEUE_SECONDS, _shown(large, scheme)
+    assert large.figures[scheme]["responsiveness_rpm"] * RPM_FACTOR <= small.figures[scheme]["responsiveness_rpm"], (
+        _shown(small, scheme), _shown(large, scheme))  # fmt: skip
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_loaded_rtt_agrees_with_fping_during_the_same_load(runs: dict[str, LoadedRun], scheme: str) -> None:
+    for run in runs.values():
+        assert len(run.fping_seconds) >= 0.9 * WINDOW_SECONDS * 1000 / FPING_INTERVAL_MS, _shown(run, scheme)
+        ours, peer = run.figures[scheme]["loaded_rtt_seconds"], run.fping_median
+        # Both cross the same queue once per round trip; its level moves with TCP's sawtooth, so the
+        # medians of two samplings of it agree within a fifth, plus 2 ms for our probes' own processing.
+        assert abs(ours - peer) <= 0.2 * peer + 0.002, _shown(run, scheme)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_loaded_rtt_matches_the_queue_delay(runs: dict[str, LoadedRun], scheme: str) -> None:
+    large = runs["large"]
+    theory = large.queue_seconds  # limit / rate: the wait of a packet at the tail of a full tbf queue
+    loaded, idle = large.figures[scheme]["loaded_rtt_seconds"], large.figures[scheme]["idle_rtt_seconds"]
+    # TCP keeps a standing queue between its sawtooth's low point and the limit; a tail-drop queue
+    # never holds a packet longer than limit / rate (plus one burst of tokens).
+    assert 0.5 * theory <= loaded - idle <= 1.1 * theory, _shown(large, scheme)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="one loaded-latency case, run inside the client namespace")
+    parser.add_argument("http_url")
+    parser.add_argument("https_url")
+    parser.add_argument("server_address")
+    args = parser.parse_args()
+    json.dump(_run_case({"http": args.http_url, "https": args.https_url}, args.server_address), sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
