@@ -8,8 +8,9 @@ and §5.3.1 (aggregation). A foreign probe is one fresh connection to the server
 - `tls_f` (https only): the TLS handshake divided by its round trips (1 for TLS 1.3, 2 before; §5.3
   asks that it be normalised so), with no session resumption;
 - `http_f`: an HTTP/1.1 request of a tiny object, from writing the request to the last response byte:
-  `GET /ping` when the load runs against the qiancheng responder (`/download`, `/upload`), else a
-  `HEAD` of the load's own URL (any status counts: it is the round trip that is measured).
+  `GET /ping` when the load runs against the qiancheng responder (`/download`, `/upload`, or its
+  `/ping` given directly), else a `HEAD` of the load's own URL (any status counts: it is the round
+  trip that is measured).
 
 `measure_idle()` runs probes one after the other before the load; `run_loaded()` starts one every
 `interval` while the load runs, each on schedule and on its own connection, so a slow probe never
@@ -64,7 +65,7 @@ __all__ = [
 #: Share of the smallest samples a trimmed mean keeps (draft §5.2, TMP = 95 %).
 TRIM_PERCENT = 95
 
-_RESPONDER_LOAD_PATHS = frozenset({"/download", "/upload"})
+_RESPONDER_LOAD_NAMES = frozenset({"download", "upload", "ping"})
 _MAX_RESPONSE_BYTES = 64 * 1024  # a probe fetches a tiny object; anything larger is not one
 _RECEIVE_BYTES = 16 * 1024
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER 0: no TIME_WAIT left by thousands of probes
@@ -130,11 +131,13 @@ def responsiveness(samples: ProbeRoundTrips, tls: bool) -> float | None:
 def probe_plan(url: str) -> tuple[RequestPlan, str]:
     """The probe's request for a load against `url`: (plan, method); ValueError for a bad URL.
 
-    The responder's load endpoints get `GET /ping` on the same server; any other URL a `HEAD` of itself.
+    The responder's load endpoints (`.../download`, `.../upload`) get `GET .../ping` beside them on the
+    same server, as does a `.../ping` URL itself; any other URL a `HEAD` of itself.
     """
     plan = parse_url(url)
-    if urlsplit(url.strip()).path in _RESPONDER_LOAD_PATHS:
-        return replace(plan, target="/ping"), "GET"
+    directory, _, name = urlsplit(url.strip()).path.rpartition("/")
+    if name in _RESPONDER_LOAD_NAMES:
+        return replace(plan, target=f"{directory}/ping"), "GET"
     return plan, "HEAD"
 
 

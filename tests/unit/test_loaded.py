@@ -106,11 +106,17 @@ def test_responder_load_is_probed_with_ping_on_the_same_server() -> None:
     assert (method, plan.scheme, plan.host, plan.port, plan.target) == ("GET", "http", "198.18.0.2", 8080, "/ping")
     plan, method = probe_plan("https://[2001:2::2]/upload")
     assert (method, plan.host, plan.port, plan.target, plan.host_header) == ("GET", "2001:2::2", 443, "/ping", "[2001:2::2]")
+    plan, method = probe_plan("http://198.18.0.2:8080/qc/download?bytes=1")  # a responder behind a path prefix
+    assert (method, plan.target) == ("GET", "/qc/ping")
+    plan, method = probe_plan("http://198.18.0.2:8080/ping")  # the ping URL itself
+    assert (method, plan.target) == ("GET", "/ping")
 
 
 def test_other_urls_are_probed_with_head_of_themselves() -> None:
     plan, method = probe_plan("https://cdn.example.net/video/seg1.mp4?x=1")
     assert (method, plan.host, plan.port, plan.target) == ("HEAD", "cdn.example.net", 443, "/video/seg1.mp4?x=1")
+    plan, method = probe_plan("https://cdn.example.net/downloads")  # only the responder's exact names
+    assert (method, plan.target) == ("HEAD", "/downloads")
 
 
 def test_bad_url_is_refused() -> None:

@@ -47,6 +47,16 @@ async def test_responder_ping_probes_give_every_figure(processes: Processes) -> 
     assert figures["idle_rpm"] > 1200  # below 50 ms per round trip on loopback, whatever else runs
 
 
+async def test_address_is_where_probes_go_whatever_the_url_names(processes: Processes) -> None:
+    responder = Responder(processes)
+    responder.start()
+    # .invalid never resolves (RFC 6761): every probe must go to `address`, as the load's streams do
+    probes = LatencyProbes(f"http://responder.invalid:{responder.http_port}/ping", address="127.0.0.1")
+    await probes.measure_idle(rounds=3)
+    idle = probes.idle_round_trips()
+    assert (len(idle.tcp), len(idle.http)) == (3, 3) and "idle_rpm" in probes.figures()
+
+
 @pytest.fixture
 async def https_port(tmp_path: Path) -> AsyncIterator[int]:
     """An HTTPS server (aiohttp, self-signed certificate) serving /video.mp4 on loopback."""
