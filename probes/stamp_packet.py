@@ -204,11 +204,14 @@ def build_reflector_packet(received: bytes, receive_ns: int, ttl: int, estimate:
     """The stateless reflection (RFC 8762 §4.3, §4.3.1) of a received sender packet: same size, its
     sequence number reused, its sequence, timestamp, error estimate, SSID and arrival TTL copied, T2 =
     `receive_ns`. T3 is `transmit_ns`, or 0 until `stamp_timestamp` writes it right before the send.
-    None for a packet shorter than 44 bytes: the answer is never larger than what was received.
+    None for a packet shorter than 44 bytes (the answer is never larger than what was received) and for
+    one whose Error Estimate has a zero multiplier (RFC 4656 §4.1.2: corrupt, to be discarded).
     """
     if len(received) < PACKET_BYTES:
         return None
     sequence, timestamp, sender_field, ssid = _SENDER.unpack_from(received)
+    if sender_field & 0xFF == 0:
+        return None
     reply = bytearray(len(received))
     _REFLECTOR.pack_into(
         reply, 0, sequence, 0 if transmit_ns is None else ntp_from_ns(transmit_ns), estimate.to_field(), ssid,

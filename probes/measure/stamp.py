@@ -22,7 +22,8 @@ Figures.
   is off; they are reported as measured, never clamped. When the reflector sends PTP timestamps (Z bit)
   the one-way delays are left out (its epoch and ours differ by the TAI − UTC offset).
 - loss (RFC 7680): a packet is lost unless its reply came within `timeout` of its send; replies after
-  that count in `late`, second copies in `duplicates`; `reordered` counts the packets whose reply came
+  that count in `late`, second copies in `duplicates`; the train ends when every packet is answered or
+  the last one has timed out, and nothing arriving after that is counted; `reordered` counts the packets whose reply came
   after the reply to a packet with a higher sequence number (RFC 4737 §3); neither changes loss.
 - `mos`, `r_factor`: the E-model estimate (probes/mos.py) from half the median round trip, the jitter
   and the loss of the train.
@@ -165,7 +166,9 @@ class StampTrain:
             self.complete.set_result(None)
 
     def read(self, sock: socket.socket) -> None:
-        """Read every send timestamp, then every reply, waiting on the train's socket."""
+        """Read every send timestamp, then every reply, waiting on the train's socket, until the train is over."""
+        if self.complete is not None and self.complete.done():
+            return  # over: what comes now (a late copy) belongs to no train
         # Send timestamps first: a reply read in this same wakeup needs its packet's send time. Always
         # drained: a stamp left queued would keep the socket readable (EPOLLERR) forever.
         for _ in range(_READS_PER_WAKEUP):
@@ -193,6 +196,8 @@ class StampTrain:
             packet = parse_reflector_packet(data)
             if packet is not None:
                 self.reply(packet, kernel_timestamp_ns(ancillary), receive_wall_ns, perf_ns, received_ttl(ancillary))
+                if self.complete is not None and self.complete.done():
+                    return  # the last reply: copies read after it would depend on how fast we close
 
     def figures(self, own: ErrorEstimate) -> dict[str, float]:
         """The train's figures under the names of docs/metrics.md (see the module docstring)."""

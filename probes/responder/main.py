@@ -183,6 +183,7 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
     log.info(kv(
         "responder_stopped", echo_refused=echo.refused, stamp_reflected=sum(r.reflected for r in reflectors),
         stamp_dropped_short=sum(r.dropped_short for r in reflectors),
+        stamp_dropped_corrupt=sum(r.dropped_corrupt for r in reflectors),
     ))
     return 0
 

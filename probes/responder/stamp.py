@@ -3,7 +3,8 @@
 Stateless (RFC 8762 §4): no per-session state; each reply reuses the sender's sequence number, so a
 sender measures round-trip loss only. Each reply has exactly the size of the packet it answers
 (symmetrical packets, §4), and a packet shorter than the 44-byte base layout is dropped and counted:
-the reflector never sends more bytes than it received, so it cannot amplify a spoofed flood.
+the reflector never sends more bytes than it received, so it cannot amplify a spoofed flood. A packet
+whose Error Estimate multiplier is 0 is corrupt (RFC 4656 §4.1.2) and is dropped and counted too.
 
 Timing. T2 (receive) is the kernel's receive timestamp (SO_TIMESTAMPNS), falling back to a clock read
 right after the read; T3 (transmit) is a clock read written into the reply as the last step before
@@ -26,6 +27,7 @@ from ..clock import monotonic
 from ..logs import kv
 from ..measure.addresses import enable_receive_timestamps, kernel_timestamp_ns
 from ..stamp_packet import (
+    PACKET_BYTES,
     REFLECTOR_TIMESTAMP_OFFSET,
     ErrorEstimate,
     build_reflector_packet,
@@ -52,6 +54,7 @@ class StampReflector:
         self.sock = sock
         self.reflected = 0
         self.dropped_short = 0  # shorter than the 44-byte base packet: never answered
+        self.dropped_corrupt = 0  # an Error Estimate multiplier of 0 (RFC 4656 §4.1.2): discarded
         self.send_errors = 0
         self._estimate = local_error_estimate()
         self._estimate_at = monotonic()
@@ -89,11 +92,14 @@ class StampReflector:
             self.reflect(data, kernel_timestamp_ns(ancillary) or time.time_ns(), received_ttl(ancillary), source)
 
     def reflect(self, data: bytes, receive_ns: int, ttl: int | None, source: tuple[str, int] | tuple[str, int, int, int]) -> None:
-        """Answer one received packet (dropped and counted if it is shorter than a STAMP packet)."""
+        """Answer one received packet (dropped and counted if it is shorter than a STAMP packet or corrupt)."""
         reply = build_reflector_packet(data, receive_ns, ttl if ttl is not None else 0, self._error_estimate())
         if reply is None:
-            self.dropped_short += 1
-            log.debug(kv("stamp_short_packet", peer=source[0], size=len(data)))
+            if len(data) < PACKET_BYTES:
+                self.dropped_short += 1
+            else:
+                self.dropped_corrupt += 1
+            log.debug(kv("stamp_dropped", peer=source[0], size=len(data)))
             return
         stamp_timestamp(reply, REFLECTOR_TIMESTAMP_OFFSET, time.time_ns())  # T3: as late as we can
         try:

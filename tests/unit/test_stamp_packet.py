@@ -170,6 +170,7 @@ def test_a_zero_multiplier_marks_a_corrupt_packet() -> None:
     # RFC 4656 §4.1.2: Multiplier MUST NOT be zero; such a packet SHOULD be discarded
     wire = bytes(RfcSenderPacket(sequence=1, timestamp=1, multiplier=0))
     assert parse_sender_packet(wire) is None
+    assert build_reflector_packet(wire, NOW_NS, 64, ErrorEstimate(False, 1, 1)) is None
     with pytest.raises(ValueError, match="multiplier"):
         ErrorEstimate(False, 0, 0)
 

@@ -92,10 +92,19 @@ async def test_never_more_bytes_out_than_in_for_any_size(reflector: StampReflect
     sizes = [rng.randrange(0, 300) for _ in range(60)]
     payloads = [rng.randbytes(size) for size in sizes]
     replies = await _exchange(reflector, payloads, wait=0.5)
-    answered = [s for s in sizes if s >= 44]
+    # a packet is answered when it holds a whole STAMP packet whose Error Estimate multiplier is not 0
+    answered = [len(p) for p in payloads if len(p) >= 44 and p[13] != 0]
     assert sorted(len(r) for r in replies) == sorted(answered)  # one answer per valid packet, same size
     assert sum(len(r) for r in replies) <= sum(sizes)
-    assert reflector.dropped_short == len(sizes) - len(answered)
+    assert reflector.dropped_short == sum(s < 44 for s in sizes)
+    assert reflector.dropped_short + reflector.dropped_corrupt == len(sizes) - len(answered)
+
+
+async def test_a_packet_with_a_zero_error_multiplier_is_discarded(reflector: StampReflector) -> None:
+    corrupt = bytearray(build_sender_packet(1, time.time_ns(), ESTIMATE))
+    corrupt[13] = 0  # RFC 4656 §4.1.2: Multiplier MUST NOT be zero; the packet SHOULD be discarded
+    assert await _exchange(reflector, [bytes(corrupt)]) == []
+    assert reflector.dropped_corrupt == 1 and reflector.reflected == 0
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])

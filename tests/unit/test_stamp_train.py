@@ -3,6 +3,10 @@ late and reordered replies, and the clock-error statement."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
+
 import pytest
 
 from qiancheng.probes.measure.stamp import StampTrain
@@ -137,3 +141,23 @@ def test_the_kernels_send_timestamp_replaces_the_clock_read_before_the_send() ->
     train.reply(_reply(train, 1, t2, t3), t4, t4, train.sent_perf_ns[1] + 5 * MS, None)
     assert train.samples[1] == pytest.approx(0.004 - 30e-6, abs=1e-9)
     assert train.forward == pytest.approx([0.002 - 30e-6], abs=1e-9)
+
+
+async def test_nothing_is_counted_after_the_reply_that_completes_the_train() -> None:
+    train = StampTrain(1, 1.0)
+    t1 = time.time_ns()
+    train.sent(t1, time.perf_counter_ns())  # sent now: the reply is read on this host's clocks
+    train.complete = asyncio.get_running_loop().create_future()
+    wire = bytes(build_reflector_packet(bytes(build_sender_packet(0, t1, OWN)), t1 + MS, 64, REFLECTOR, t1 + MS) or b"")
+    # the reply and its copy wait together on a loopback UDP socket when the train reads them
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as reader, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as writer:
+        reader.bind(("127.0.0.1", 0))
+        reader.setblocking(False)
+        writer.sendto(wire, reader.getsockname())
+        writer.sendto(wire, reader.getsockname())
+        time.sleep(0.05)
+        train.read(reader)
+        assert train.received == 1 and train.complete.done()
+        assert train.duplicates == 0  # the copy came after the train was complete
+        train.read(reader)
+        assert train.duplicates == 0
