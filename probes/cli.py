@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,15 +15,18 @@ from rich.console import Console
 from . import __version__, measure
 from .configfile import decode_hook
 from .errors import ConfigError
-from .render import results_table
+from .measure import EXCLUSIVE_KINDS
+from .measure.progress import progress_callback
+from .render import ProgressBar, results_table
 from .result import KINDS, Result, Target
-from .settings import SETTINGS_BY_KIND, KindSettings
+from .settings import SETTINGS_BY_KIND, KindSettings, ThroughputSettings, throughput_problem
 
 __all__ = ["main"]
 
 # `once` flags that map one-to-one onto settings fields of the kinds that have them.
 _SETTING_FLAGS = ("count", "packet_interval", "timeout", "size", "port", "family", "resolver",
-                  "query_name", "query_type", "protocol", "url", "expected_status", "verify_tls")  # fmt: skip
+                  "query_name", "query_type", "protocol", "url", "expected_status", "verify_tls",
+                  "streams", "window", "warmup", "max_bytes")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--url", help="HTTP: URL to fetch (default: TARGET)")
     once.add_argument("--expected-status", type=int, action="append", help="HTTP: accepted status (repeatable)")
     once.add_argument("--insecure", dest="verify_tls", action="store_false", default=None, help="HTTP: do not verify TLS certificates")
+    once.add_argument("--streams", type=int, help="download/upload: parallel TCP streams (1-16)")
+    once.add_argument("--duration", dest="window", help="download/upload: measured window after the warm-up, e.g. 10s")
+    once.add_argument("--warmup", help="download/upload: longest warm-up before the window, e.g. 3s")
+    once.add_argument("--max-bytes", help="download/upload: byte cap of the test, e.g. 1GiB")
     return parser
 
 
@@ -73,9 +80,14 @@ def _once_settings(kind: str, args: argparse.Namespace) -> KindSettings:
     if ignored := sorted(set(given) - set(accepted)):
         raise ValueError(f"--{ignored[0].replace('_', '-')} does not apply to kind {kind}")
     try:
-        return msgspec.convert(accepted, settings_type, dec_hook=decode_hook)
+        settings = msgspec.convert(accepted, settings_type, dec_hook=decode_hook)
     except msgspec.ValidationError as error:
         raise ValueError(str(error).replace("`$.", "--").replace("`", "")) from None
+    if isinstance(settings, ThroughputSettings) and (problem := throughput_problem(settings)):
+        field, why = problem
+        flag = "duration" if field == "window" else field.replace("_", "-")
+        raise ValueError(f"--{flag} {why}")
+    return settings
 
 
 def _once_target(address: str, target_class: str) -> Target:
@@ -98,7 +110,7 @@ def _once(args: argparse.Namespace) -> int:
         print(f"qiancheng-probe once: {error}", file=sys.stderr)
         return 2
     targets = [_once_target(t, args.target_class) for t in args.targets]
-    results = asyncio.run(_measure_all(targets, kinds, settings))
+    results = _run_with_progress(_measure_all(targets, kinds, settings), show=not args.json and bool(EXCLUSIVE_KINDS & set(kinds)))
     if args.json:
         encoder = msgspec.json.Encoder()
         for result in results:
@@ -106,6 +118,19 @@ def _once(args: argparse.Namespace) -> int:
     else:
         Console().print(results_table(results))
     return 0 if all(r.success for r in results) else 1
+
+
+def _run_with_progress(work: Coroutine[Any, Any, list[Result]], show: bool) -> list[Result]:
+    """Run `work`; with `show` and a terminal on stderr, a live bar with the current rate of long tests."""
+    console = Console(stderr=True)
+    if not show or not console.is_terminal:
+        return asyncio.run(work)
+    with ProgressBar(console) as bar:
+        token = progress_callback.set(bar.update)
+        try:
+            return asyncio.run(work)
+        finally:
+            progress_callback.reset(token)
 
 
 def _load(file: str) -> Any:

@@ -20,7 +20,7 @@ from .configfile import YamlDocument, load_struct
 from .errors import ConfigError
 from .measure import available_kinds
 from .result import KINDS, NAME_PATTERN, Target
-from .settings import SETTINGS_BY_KIND, DnsSettings, Duration, HttpSettings, KindSettings, Size
+from .settings import SETTINGS_BY_KIND, DnsSettings, Duration, HttpSettings, KindSettings, Size, ThroughputSettings, throughput_problem
 
 __all__ = [
     "ProbeIdentity",
@@ -253,7 +253,7 @@ def _target_jobs(entry: _TargetEntry, index: int, defaults: dict[str, dict[str, 
 
 def _check_job(target: Target, kind: str, settings: KindSettings, path: list[str | int], here: list[str | int], document: YamlDocument) -> None:
     """Rules that span fields: the address fits the kind, and the interval exceeds the test."""
-    url = settings.url if isinstance(settings, HttpSettings) else None
+    url = settings.url if isinstance(settings, (HttpSettings, ThroughputSettings)) else None
     if url is not None:
         if problem := check_address(url, kind):
             raise document.error(path + ["url"], problem)
@@ -266,6 +266,8 @@ def _check_job(target: Target, kind: str, settings: KindSettings, path: list[str
             raise document.error(path + ["resolver"], f"not an IP address or host:port: {settings.resolver!r}")
         if settings.resolver is None and not settings.query_name:
             raise document.error(path, "give query_name (the target's address is the resolver)")
+    if isinstance(settings, ThroughputSettings) and (bad := throughput_problem(settings)):
+        raise document.error(path + [bad[0]], bad[1])
     longest = settings.max_duration()
     if settings.interval < longest:
         raise document.error(path + ["interval"], f"interval {settings.interval:g}s is shorter than the test it schedules (up to {longest:g}s)")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from rich.console import Console
+from rich.progress import BarColumn, TaskID, TextColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from .measure.progress import Progress
 from .result import Result
 
-__all__ = ["figures_text", "outcome_text", "results_table"]
+__all__ = ["ProgressBar", "figures_text", "outcome_text", "results_table"]
 
 
 def _ms(seconds: float) -> str:
@@ -36,10 +40,53 @@ def figures_text(result: Result) -> str:
         parts.append(f"dns/connect/tls/ttfb/total {phases} ms")
         if "status_code" in f:
             parts.append(f"HTTP {int(f['status_code'])}")
-    for direction in ("download", "upload"):
-        if f"{direction}_bits_per_second" in f:
-            parts.append(f"{direction} {f[f'{direction}_bits_per_second'] / 1e6:.1f} Mbit/s")
+    if "throughput_bits_per_second" in f:
+        parts.append(
+            f"{_mbit(f['throughput_bits_per_second'])} Mbit/s (p90 {_mbit(f['throughput_p90_bits_per_second'])}) "
+            f"over {f['window_seconds']:.1f} s, {int(f['streams'])} streams, {f['bytes'] / 1e6:.1f} MB"
+        )
+        if "tcp_rtt_seconds" in f:
+            parts.append(f"tcp rtt {_ms(f['tcp_rtt_seconds'])} ms")
+        if "tcp_retransmits" in f:
+            parts.append(f"retransmits {int(f['tcp_retransmits'])}")
+        if "stopped_by" in result.info:
+            parts.append(f"stopped by {result.info['stopped_by'].replace('_', ' ')}")
     return "  ".join(parts)
+
+
+def _mbit(bits_per_second: float) -> str:
+    return f"{bits_per_second / 1e6:.1f}"
+
+
+class ProgressBar:
+    """A live bar per running download/upload on the console (stderr): phase, time, current rate."""
+
+    def __init__(self, console: Console) -> None:
+        self._bar = RichProgress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rate]}"),
+            console=console, transient=True,
+        )
+        self._tasks: dict[tuple[str, str], TaskID] = {}
+
+    def __enter__(self) -> ProgressBar:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def update(self, progress: Progress) -> None:
+        """Show `progress` (the callback measurement code reports through)."""
+        key = (progress.kind, progress.target)
+        if key not in self._tasks:
+            self._tasks[key] = self._bar.add_task("", total=1.0, rate="")
+        self._bar.update(
+            self._tasks[key],
+            description=f"{progress.kind} {progress.target} {progress.phase}",
+            total=max(progress.planned_seconds, 1e-9),
+            completed=min(progress.elapsed_seconds, progress.planned_seconds),
+            rate=f"{_mbit(progress.rate_bits_per_second)} Mbit/s",
+        )
 
 
 def outcome_text(result: Result) -> str:

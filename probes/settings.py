@@ -20,7 +20,11 @@ __all__ = [
     "DnsSettings",
     "HttpSettings",
     "StampSettings",
+    "ThroughputSettings",
+    "DownloadSettings",
+    "UploadSettings",
     "SETTINGS_BY_KIND",
+    "throughput_problem",
     "parse_duration",
     "parse_size",
 ]
@@ -160,10 +164,69 @@ class HttpSettings(KindSettings, frozen=True, kw_only=True):
     headers: dict[str, str] = {}
 
 
+class ThroughputSettings(KindSettings, frozen=True, kw_only=True):
+    """A goodput test over `streams` parallel TCP connections (kinds download and upload).
+
+    A warm-up of at most `warmup` is discarded (until slow start is over), then goodput is measured over
+    `window`, sampled every `sample_interval`. The test stops early at `max_bytes` moved (warm-up
+    included) or `max_seconds` after its start; `timeout` bounds connecting and any stall of a stream.
+    With `url` unset, the target's address is the responder (`host` or `host:port`, HTTP port 9311).
+    """
+
+    interval: Duration = Duration(3600.0)
+    timeout: Duration = Duration(5.0)
+    streams: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
+    warmup: Duration = Duration(3.0)
+    window: Duration = Duration(10.0)
+    sample_interval: Duration = Duration(0.1)
+    max_bytes: Size = Size(2 * 1024**3)
+    max_seconds: Duration = Duration(30.0)
+    url: str | None = None
+    verify_tls: bool = True
+
+    def max_duration(self) -> float:
+        return float(self.max_seconds) + float(self.timeout)
+
+
+# (field, lowest, highest) of the throughput settings, in seconds or bytes
+_THROUGHPUT_BOUNDS = (
+    ("timeout", 0.1, 120.0),
+    ("warmup", 0.0, 30.0),
+    ("window", 0.5, 300.0),
+    ("sample_interval", 0.01, 1.0),
+    ("max_bytes", 1, 1024**4),
+    ("max_seconds", 1.0, 900.0),
+)
+
+
+def throughput_problem(settings: ThroughputSettings) -> tuple[str, str] | None:
+    """(field, why) when these throughput settings cannot be used, else None; checked where settings enter."""
+    for name, lowest, highest in _THROUGHPUT_BOUNDS:
+        value = getattr(settings, name)
+        if not lowest <= value <= highest:
+            unit = "bytes" if name == "max_bytes" else "s"
+            return name, f"must be within {lowest:g}..{highest:g} {unit}, got {value:g}"
+    if settings.sample_interval * 2 > settings.window:
+        return "window", f"{settings.window:g}s must hold at least two samples of sample_interval {settings.sample_interval:g}s"
+    if settings.url is not None and not settings.url.startswith(("http://", "https://")):
+        return "url", f"must be an http:// or https:// URL, got {settings.url[:80]!r}"
+    return None
+
+
+class DownloadSettings(ThroughputSettings, frozen=True, kw_only=True):
+    """Download goodput: from the responder's `/download`, or from any HTTP(S) `url` (a CDN object)."""
+
+
+class UploadSettings(ThroughputSettings, frozen=True, kw_only=True):
+    """Upload goodput: to the responder's `/upload` (or `url`, a responder's upload URL)."""
+
+
 SETTINGS_BY_KIND: dict[str, type[KindSettings]] = {
     "icmp": IcmpSettings,
     "tcp": TcpSettings,
     "dns": DnsSettings,
     "http": HttpSettings,
     "stamp": StampSettings,
+    "download": DownloadSettings,
+    "upload": UploadSettings,
 }

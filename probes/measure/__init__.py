@@ -29,6 +29,8 @@ _MODULES = {
     "tcp": "tcp",
     "dns": "dns",
     "http": "http",
+    "download": "download",
+    "upload": "upload",
     "stamp": "stamp",
 }
 

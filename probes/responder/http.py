@@ -1,7 +1,9 @@
 """HTTP service: download and upload of any size in bounded memory, ping, health; errors are JSON.
 
 Routes (sizes in bytes, durations in seconds):
-- `GET /download?bytes=N`: N bytes of incompressible data, with Content-Length, never cached.
+- `GET /download?bytes=N`: N bytes of incompressible data, with Content-Length, never cached; sent
+  with sendfile(2) from an in-memory file of random bytes, so the kernel copies them straight into
+  the socket and the event loop only wakes when the socket has room.
 - `POST /upload`: reads and discards the body; answers `{"bytes": n, "duration_seconds": d}` where d
   runs from the first body byte's arrival to the last one's (0 for a body that arrives in one read).
 - `GET /ping`: `pong`, for HTTP timing tests.
@@ -18,6 +20,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -29,9 +32,14 @@ __all__ = ["TransferSlots", "make_app", "CHUNK_BYTES", "RETRY_AFTER_SECONDS"]
 
 log = logging.getLogger("qiancheng.responder.http")
 
-# One chunk, written again and again: 1 MiB keeps the per-write overhead (a Python call, a drain
-# check) near 1000 calls per GiB, far below what 1-10 Gbit/s needs, while memory stays constant.
-CHUNK_BYTES = 1024 * 1024
+# The in-memory file downloads are sent from, again and again: random, so that no compression on the
+# path inflates the throughput, and a few MiB so that no compressor's window spans a repetition.
+CHUNK_BYTES = 8 * 1024 * 1024
+# One sendfile call sends at most this much (it doubles from the least while calls finish quickly):
+# small enough that a slow peer still makes progress within the stall timeout between calls, large
+# enough that a fast one costs few event loop wake-ups per GiB.
+_SEND_LEAST_BYTES, _SEND_MOST_BYTES = 256 * 1024, 8 * 1024 * 1024
+_SEND_QUICK_SECONDS = 0.05
 RETRY_AFTER_SECONDS = 1
 # aiohttp reads request bodies in pieces of this size at most (its default is 256 KiB); bigger
 # pieces mean fewer wake-ups per uploaded GiB. Flow control still bounds what is buffered.
@@ -65,11 +73,12 @@ class TransferSlots:
 
 @dataclass(frozen=True, slots=True)
 class _State:
-    """What the handlers share: limits, the slots, and the one chunk downloads are made of."""
+    """What the handlers share: limits, the slots, and the in-memory file downloads are sent from."""
 
     limits: ResponderLimits
     slots: TransferSlots
-    chunk: memoryview
+    source: BinaryIO
+    source_bytes: int
 
 
 _STATE = web.AppKey("responder_state", _State)
@@ -133,31 +142,38 @@ async def _download(request: web.Request) -> web.StreamResponse:
 
 
 async def _send(request: web.Request, state: _State, size: int) -> web.StreamResponse:
-    """Stream `size` bytes made of the shared chunk; a stalled or lost peer ends it quietly."""
+    """Send `size` bytes from the shared in-memory file; a stalled or lost peer ends it quietly."""
     started, sent = monotonic(), 0
     stall = float(state.limits.transfer_stall_timeout)
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"})
     response.content_length = size
-    chunk, chunk_bytes = state.chunk, len(state.chunk)
+    piece = _SEND_LEAST_BYTES
     try:
-        # One deadline moved forward after every write: cheaper than a wait_for (a task) per write.
+        # One deadline moved forward after every call: cheaper than a wait_for (a task) per call.
         async with asyncio.timeout(stall) as deadline:
             await response.prepare(request)
-            while size - sent >= chunk_bytes:
-                await response.write(chunk)
-                sent += chunk_bytes
-                deadline.reschedule(loop.time() + stall)
-            if size > sent:
-                await response.write(chunk[: size - sent])
-                sent = size
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("connection lost")
+            while sent < size:
+                offset = sent % state.source_bytes
+                count = min(size - sent, piece, state.source_bytes - offset)
+                began = loop.time()
+                # sendfile(2) on the socket, or aiohttp's writes where the transport cannot (TLS)
+                await loop.sendfile(transport, state.source, offset, count)
+                sent += count
+                now = loop.time()
+                deadline.reschedule(now + stall)
+                piece = min(piece * 2, _SEND_MOST_BYTES) if now - began < _SEND_QUICK_SECONDS else max(piece // 2, _SEND_LEAST_BYTES)
             await response.write_eof()
         log.debug(kv("download_done", peer=request.remote, bytes=sent, seconds=monotonic() - started))
     except TimeoutError:
         log.info(kv("download_stalled", peer=request.remote, bytes=sent, of=size, stall_seconds=stall))
         _drop_connection(request)
-    except ConnectionError:
-        log.debug(kv("download_aborted", peer=request.remote, bytes=sent, of=size))
+    except (ConnectionError, RuntimeError) as error:
+        # RuntimeError: asyncio's sendfile on a transport the peer has just closed
+        log.debug(kv("download_aborted", peer=request.remote, bytes=sent, of=size, error=str(error)))
     # Also when the connection is gone: aiohttp's finish step meets the closed transport and lets it
     # be, where a raised exception would be logged as a server error and answered with a 500.
     return response
@@ -244,10 +260,17 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(limits: ResponderLimits, chunk: bytes | None = None) -> web.Application:
-    """The HTTP service as an aiohttp application; `chunk` (default: 1 MiB random) feeds downloads."""
+    """The HTTP service as an aiohttp application; `chunk` (default: 8 MiB random) feeds downloads."""
     app = web.Application(middlewares=[_json_errors])
-    # Random bytes, so that no compression on the path (a proxy, a modem) inflates the throughput.
-    app[_STATE] = _State(limits, TransferSlots(limits.max_concurrent_transfers), memoryview(chunk or os.urandom(CHUNK_BYTES)))
+    data = chunk or os.urandom(CHUNK_BYTES)
+    source = os.fdopen(os.memfd_create("qiancheng-download", os.MFD_CLOEXEC), "w+b", buffering=0)
+    source.write(data)
+    app[_STATE] = _State(limits, TransferSlots(limits.max_concurrent_transfers), source, len(data))
+
+    async def close_source(app: web.Application) -> None:
+        source.close()
+
+    app.on_cleanup.append(close_source)
     app.router.add_get("/download", _download, allow_head=False)
     app.router.add_post("/upload", _upload, expect_handler=_upload_expect)
     app.router.add_get("/ping", _ping)

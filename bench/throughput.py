@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Throughput benchmark: our download/upload goodput and CPU cost against iperf3's, on the same links,
+in the same run, with the same number of streams. Builds the test network itself (network namespaces,
+tbf, nftables loss, the TUN delay relay; needs root, iperf3, tc and nft).
+
+Links: tbf 100 Mbit/s, tbf 1 Gbit/s, an unshaped veth, then 100 Mbit/s with 1 % and 5 % random loss
+and with 10 ms each way through the delay relay (20 ms round trip). Each case runs both tools in
+turns, alternating which goes first, RUNS times, and compares medians. CPU seconds per GB moved count
+both ends: ours the probe process and the responder, iperf3's its client and server.
+
+    .venv/bin/python bench/throughput.py [--runs N]
+
+Every shaped case prints a line with `ratio <ours/iperf3>`; the last line is a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import qiancheng.probes  # noqa: F401
+except ModuleNotFoundError:  # run by an interpreter without the project: use the project's own venv
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    if venv_python.exists() and Path(sys.executable) != venv_python:
+        os.execv(str(venv_python), [str(venv_python), *sys.argv])
+    raise
+sys.path.insert(0, str(ROOT))  # the tests' network library
+
+from tests.netlab.lab import Lab  # noqa: E402
+from tests.netlab.test_throughput_accuracy import (  # noqa: E402
+    MBIT,
+    PREFIX,
+    STREAMS,
+    WINDOW_SECONDS,
+    Goodput,
+    build_bed,
+    compare,
+    lossy,
+    median_rate,
+)
+
+# (label, tbf rate in bit/s or None, loss %, one-way delay in s, directions)
+CASES: list[tuple[str, int | None, float, float, tuple[str, ...]]] = [
+    ("tbf 100 Mbit/s", 100 * MBIT, 0.0, 0.0, ("download", "upload")),
+    ("tbf 1 Gbit/s", 1000 * MBIT, 0.0, 0.0, ("download", "upload")),
+    ("unshaped veth", None, 0.0, 0.0, ("download", "upload")),
+    ("tbf 100 Mbit/s, 1 % loss", 100 * MBIT, 1.0, 0.0, ("download",)),
+    ("tbf 100 Mbit/s, 5 % loss", 100 * MBIT, 5.0, 0.0, ("download",)),
+    ("tbf 100 Mbit/s, 20 ms RTT", 100 * MBIT, 0.0, 0.010, ("download",)),
+]
+
+
+def _cpu_per_gb(runs: list[Goodput]) -> float:
+    return sum(g.cpu_seconds for g in runs) / (sum(g.bytes_total for g in runs) / 1e9)
+
+
+def _mbit(runs: list[Goodput]) -> str:
+    return " ".join(f"{g.bits_per_second / MBIT:.1f}" for g in runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs of each tool per case (medians are compared)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/throughput.py builds network namespaces and needs root", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    print(f"goodput in Mbit/s over a {WINDOW_SECONDS} s window after the warm-up, {STREAMS} streams, "
+          f"{args.runs} runs per tool (medians compared); CPU s/GB = CPU seconds of both ends per GB moved")
+    ratios: list[float] = []
+    for label, rate, loss, delay, directions in CASES:
+        with Lab(PREFIX) as lab:
+            bed = build_bed(lab, rate, one_way_delay=delay)
+            for direction in directions:
+                if loss:
+                    lossy(bed, direction, loss)
+                ours, theirs = compare(bed, direction, args.runs)
+                ratio = median_rate(ours) / median_rate(theirs)
+                shaped = rate is not None
+                if shaped:
+                    ratios.append(ratio)
+                print(f"{label:<28} {direction:<8} ours {median_rate(ours) / MBIT:9.1f} [{_mbit(ours)}]  "
+                      f"iperf3 {median_rate(theirs) / MBIT:9.1f} [{_mbit(theirs)}]  "
+                      f"{'ratio' if shaped else 'ours/iperf3'} {ratio:.2f}  "
+                      f"CPU s/GB ours {_cpu_per_gb(ours):.2f} iperf3 {_cpu_per_gb(theirs):.2f}", flush=True)
+    worst = min(ratios)
+    print(f"summary: {len(ratios)} shaped cases, worst ours/iperf3 {worst:.2f} (needs >= 0.95), "
+          f"{'PASS' if worst >= 0.95 else 'FAIL'}, {time.monotonic() - started:.0f} s")
+    return 0 if worst >= 0.95 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

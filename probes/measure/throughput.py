@@ -1,0 +1,368 @@
+"""The throughput engine shared by kinds `download` and `upload`.
+
+N parallel TCP streams (throughput_streams.py) move bytes while an asyncio sampler reads their
+counters every `sample_interval`. The first phase, the warm-up, is discarded: it lasts until slow start
+is over (the interval rate stopped growing, or for uploads every stream's TCP left slow start) and at
+most `warmup`. Then goodput is measured over the fixed `window`: the mean, the p90 of the interval
+samples, per-stream rates and bytes, plus TCP_INFO figures. A byte cap and a time cap end the test
+early; the window then covers what was measured and info `stopped_by` says which cap ended it.
+
+Goodput counts application bytes at the receiving end of each stream. Download: the bytes the probe
+read. Upload: TCP_INFO's bytes_acked at the probe (minus the request head), i.e. what the responder's
+TCP acknowledged; read every sample without a round trip to the responder, which only reports its
+count when the body is complete. Acknowledged bytes may still sit in the responder's socket buffer,
+but that is a bounded offset (one receive buffer) at both ends of the window, not a drift.
+
+Loaded latency (loaded.py, when present) runs beside the window; CDN facts (cdn.py, when present)
+come from the first download response's headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from ..clock import monotonic, wall_ns
+from ..errors import MeasurementError
+from ..result import Result, Target
+from ..settings import ThroughputSettings
+from ..stats import percentile
+from .addresses import resolve, split_host_port
+from .progress import Progress, report
+from .tcp_info import TcpInfo
+from .throughput_streams import DownloadStream, Endpoint, Stream, UploadStream
+
+__all__ = [
+    "Direction",
+    "Sample",
+    "RESPONDER_HTTP_PORT",
+    "interval_rates",
+    "slow_start_over",
+    "window_figures",
+    "measure_throughput",
+    "stream_url",
+]
+
+Direction = Literal["download", "upload"]
+
+RESPONDER_HTTP_PORT = 9311
+# The warm-up is over once this many interval rates in a row stayed below GROWTH times the best before.
+_STEADY_INTERVALS = 2
+_GROWTH = 1.1
+_JOIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The cumulative goodput bytes of every stream at one moment (monotonic seconds)."""
+
+    seconds: float
+    stream_bytes: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(self.stream_bytes)
+
+
+def interval_rates(samples: Sequence[Sample]) -> list[float]:
+    """Total goodput in bit/s between each pair of consecutive samples."""
+    return [
+        (b.total - a.total) * 8 / (b.seconds - a.seconds)
+        for a, b in zip(samples, samples[1:])
+        if b.seconds > a.seconds
+    ]
+
+
+def slow_start_over(rates: Sequence[float], growth: float = _GROWTH, steady: int = _STEADY_INTERVALS) -> bool:
+    """True when each of the last `steady` rates stayed below `growth` × the best rate before it.
+
+    Slow start roughly doubles the rate every round trip, so while it lasts each interval beats the
+    best so far by far more than 10 %; a link that is full stops growing. Zero rates (still
+    connecting) never count as steady.
+    """
+    if len(rates) <= steady:
+        return False
+    for index in range(len(rates) - steady, len(rates)):
+        best_before = max(rates[:index])
+        if best_before <= 0 or rates[index] >= growth * best_before:
+            return False
+    return True
+
+
+def window_figures(samples: Sequence[Sample]) -> dict[str, float]:
+    """Mean and p90 goodput (bit/s), bytes, duration and per-stream rates over the samples' span."""
+    if len(samples) < 2 or samples[-1].seconds <= samples[0].seconds:
+        raise ValueError("a window needs two samples at different times")
+    first, last = samples[0], samples[-1]
+    seconds = last.seconds - first.seconds
+    moved = last.total - first.total
+    figures = {
+        "throughput_bits_per_second": moved * 8 / seconds,
+        "throughput_p90_bits_per_second": percentile(interval_rates(samples), 90),
+        "bytes": float(moved),
+        "window_seconds": seconds,
+        "streams": float(len(first.stream_bytes)),
+    }
+    for index, (begin, end) in enumerate(zip(first.stream_bytes, last.stream_bytes)):
+        figures[f"stream_{index}_bits_per_second"] = (end - begin) * 8 / seconds
+    return figures
+
+
+def stream_url(direction: Direction, address: str, url: str | None, streams: int, max_bytes: int) -> str:
+    """The URL every stream uses: `url`, else a URL target as is, else the responder at the address.
+
+    A responder `/download` URL without `bytes` gets each stream's share of the byte cap.
+    """
+    given = url or (address if "://" in address else None)
+    if given is None:
+        host, port = split_host_port(address, RESPONDER_HTTP_PORT)
+        shown = f"[{host}]" if ":" in host else host
+        given = f"http://{shown}:{port}/{direction}"
+    parts = urlsplit(given)
+    if direction == "download" and parts.path.endswith("/download"):
+        query = dict(parse_qsl(parts.query))
+        if "bytes" not in query:
+            query["bytes"] = str(math.ceil(max_bytes / streams))
+            given = parts._replace(query=urlencode(query)).geturl()
+    return given
+
+
+class _LatencyProbes(Protocol):
+    async def measure_idle(self, rounds: int = 5) -> None: ...
+    async def run_loaded(self, stop: asyncio.Event) -> None: ...
+    def figures(self) -> dict[str, float]: ...
+
+
+def _optional(module: str, name: str) -> Any:
+    """`name` from a sibling module, or None when this version does not have that module."""
+    try:
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    except ModuleNotFoundError:
+        return None
+
+
+async def _endpoint(url: str, settings: ThroughputSettings) -> Endpoint:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise MeasurementError("error", f"not an http(s) URL: {url[:200]!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise MeasurementError("error", f"bad port in {url[:200]!r}: {error}") from None
+    family, address = await resolve(parts.hostname, port)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Endpoint(parts.scheme, parts.hostname, port, path, family, address, settings.verify_tls)
+
+
+class _Run:
+    """One test in progress: the streams, their samples, and the phase they are in."""
+
+    def __init__(self, direction: Direction, target: Target, settings: ThroughputSettings, endpoint: Endpoint) -> None:
+        self.direction = direction
+        self.target = target
+        self.settings = settings
+        loop = asyncio.get_running_loop()
+        self.changed = asyncio.Event()
+
+        def poke() -> None:  # from a stream's thread
+            loop.call_soon_threadsafe(self.changed.set)
+
+        budget = math.ceil(int(settings.max_bytes) / settings.streams)
+        kind = DownloadStream if direction == "download" else UploadStream
+        self.streams: list[Stream] = [kind(i, endpoint, budget, float(settings.timeout), poke) for i in range(settings.streams)]
+        self.samples: list[Sample] = []
+        self.window_start: int | None = None
+        self.stopped_by = ""
+        self.tcp: list[TcpInfo | None] = []
+
+    def counts(self) -> tuple[int, ...]:
+        if self.direction == "upload":
+            return tuple(cast(UploadStream, s).acked_body_bytes() for s in self.streams)
+        return tuple(s.bytes for s in self.streams)
+
+    def _check(self) -> None:
+        for stream in self.streams:
+            if stream.error is not None:
+                raise MeasurementError(stream.error.reason, stream.error.detail)
+
+    async def _wait(self, until: float) -> None:
+        """Sleep until the monotonic time `until`, or until a stream changes state."""
+        delay = until - monotonic()
+        if delay > 0 and not self.changed.is_set():
+            try:
+                async with asyncio.timeout(delay):
+                    await self.changed.wait()
+            except TimeoutError:
+                pass
+        self.changed.clear()
+
+    async def connect(self) -> None:
+        """Start every stream and wait until each has its response head (or 100 Continue)."""
+        for stream in self.streams:
+            stream.start()
+        deadline = monotonic() + 2 * float(self.settings.timeout) + 1.0
+        while not all(s.ready for s in self.streams):
+            self._check()
+            if all(s.finished for s in self.streams) or monotonic() > deadline:
+                raise MeasurementError("timeout", f"{sum(not s.ready for s in self.streams)} of {len(self.streams)} streams got no response in time")
+            await self._wait(monotonic() + 0.05)
+
+    async def sample(self, started: float, latency: _LatencyProbes | None) -> None:
+        """Sample until the window is over or a cap stops the test; the warm-up ends on its own."""
+        settings = self.settings
+        tick, warmup, window = float(settings.sample_interval), float(settings.warmup), float(settings.window)
+        phase_started = monotonic()
+        self.samples.append(Sample(phase_started, self.counts()))
+        next_at = phase_started + tick
+        stop_latency = asyncio.Event()
+        loaded: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await self._wait(next_at)
+                self._check()
+                now = monotonic()
+                finished = all(s.finished for s in self.streams)
+                if now < next_at and not finished:
+                    continue
+                while next_at <= now:
+                    next_at += tick
+                self.samples.append(Sample(now, self.counts()))
+                self._progress(now - phase_started, warmup if self.window_start is None else window)
+                if self.window_start is None:
+                    if now - phase_started >= warmup or self._slow_start_over():
+                        self.window_start = len(self.samples) - 1
+                        phase_started = now
+                        if latency is not None:
+                            loaded = asyncio.create_task(latency.run_loaded(stop_latency))
+                elif now - phase_started >= window:
+                    break
+                if finished or self.samples[-1].total >= settings.max_bytes:
+                    self.stopped_by = "byte_cap"
+                    break
+                if now - started >= settings.max_seconds:
+                    self.stopped_by = "time_cap"
+                    break
+            # TCP_INFO at the end of the window, while every connection is still up
+            self.tcp = [s.info() for s in self.streams]
+        finally:
+            stop_latency.set()
+            if loaded is not None:
+                await loaded
+
+    def _slow_start_over(self) -> bool:
+        if slow_start_over(interval_rates(self.samples)):
+            return True
+        if self.direction == "upload":
+            infos = [s.info() for s in self.streams]
+            return all(info is not None and not info.in_slow_start for info in infos)
+        return False
+
+    def _progress(self, elapsed: float, planned: float) -> None:
+        rates = interval_rates(self.samples[-2:])
+        report(Progress(
+            kind=self.direction, target=self.target.name, phase="warmup" if self.window_start is None else "window",
+            elapsed_seconds=elapsed, planned_seconds=planned, rate_bits_per_second=rates[-1] if rates else 0.0,
+            bytes_total=self.samples[-1].total,
+        ))
+
+    async def stop(self) -> None:
+        for stream in self.streams:
+            stream.stop()
+        await asyncio.to_thread(self._join)
+
+    def _join(self) -> None:
+        for stream in self.streams:
+            stream.join(_JOIN_SECONDS)
+
+    def figures(self) -> tuple[dict[str, float], dict[str, str]]:
+        """The result's figures and info once sampling is over."""
+        info: dict[str, str] = {}
+        start = self.window_start
+        if start is None:
+            # a cap ended the test during the warm-up: the window is all there is, slow start included
+            start = 0
+            info["warmup"] = f"not over when {self.stopped_by} ended the test: the window includes slow start"
+        window = self.samples[start:]
+        if len(window) < 2 or window[-1].seconds <= window[0].seconds:
+            raise MeasurementError("error", f"{self.stopped_by or 'the test'} ended before a single sample interval")
+        figures = window_figures(window)
+        figures["bytes_total"] = float(self.samples[-1].total)
+        figures["warmup_seconds"] = window[0].seconds - self.samples[0].seconds
+        figures.update(self._tcp_figures())
+        if self.stopped_by:
+            info["stopped_by"] = self.stopped_by
+        return figures, info
+
+    def _tcp_figures(self) -> dict[str, float]:
+        infos = [i for i in self.tcp if i is not None]
+        if not infos:
+            return {}
+        figures: dict[str, float] = {}
+        if self.direction == "upload":
+            figures["tcp_retransmits"] = float(sum(i.total_retrans for i in infos))
+            figures["tcp_cwnd_segments"] = sum(i.snd_cwnd for i in infos) / len(infos)
+            rtts = [i.rtt_us for i in infos if i.rtt_us]
+        else:
+            # the receiver's own RTT estimate (tcpi_rcv_rtt, from its window advance); its tcpi_rtt
+            # only comes from the ACKs of the few bytes it sent, the request
+            rtts = [i.rcv_rtt_us for i in infos if i.rcv_rtt_us]
+        if rtts:
+            figures["tcp_rtt_seconds"] = sum(rtts) / len(rtts) / 1e6
+        return figures
+
+
+async def measure_throughput(direction: Direction, target: Target, settings: ThroughputSettings) -> Result:
+    """One throughput test; a result with goodput figures, or a MeasurementError saying why not."""
+    start_ns, started = wall_ns(), monotonic()
+    url = stream_url(direction, target.address, settings.url, settings.streams, int(settings.max_bytes))
+    try:
+        endpoint = await _endpoint(url, settings)
+    except ValueError as error:
+        raise MeasurementError("error", str(error)) from None
+    latency = _latency_probes(direction, target, settings, endpoint)
+    if latency is not None:
+        await latency.measure_idle()
+    run = _Run(direction, target, settings, endpoint)
+    try:
+        await run.connect()
+        await run.sample(started, latency)
+    finally:
+        await run.stop()
+    figures, info = run.figures()
+    info["url"] = url[:1024]
+    info["address"] = endpoint.address
+    if latency is not None:
+        figures.update(latency.figures())
+    if direction == "download":
+        cdn_figures, cdn_info = _cache_facts(run.streams[0].headers)
+        figures.update(cdn_figures)
+        info.update(cdn_info)
+    return Result(
+        kind=direction, target=target, start_ns=start_ns, duration_seconds=max(0.0, monotonic() - started),
+        success=True, figures=figures, info=info,
+    )
+
+
+def _latency_probes(direction: Direction, target: Target, settings: ThroughputSettings, endpoint: Endpoint) -> _LatencyProbes | None:
+    """Loaded-latency probes against the responder's /ping (loaded.py), None without that module.
+
+    Only for the responder: a foreign URL (a CDN object) has no tiny object of known cost to fetch.
+    """
+    probes_class = _optional("loaded", "LatencyProbes")
+    if probes_class is None or not endpoint.path.split("?")[0].endswith(("/download", "/upload")):
+        return None
+    ping = f"{endpoint.scheme}://{endpoint.host_header}{endpoint.path.split('?')[0].rsplit('/', 1)[0]}/ping"
+    return cast(_LatencyProbes, probes_class(ping, address=endpoint.address, verify_tls=settings.verify_tls))
+
+
+def _cache_facts(headers: Iterable[tuple[str, str]]) -> tuple[dict[str, float], dict[str, str]]:
+    """CDN cache status and edge from the response headers (cdn.py), nothing without that module."""
+    cache_facts = _optional("cdn", "cache_facts")
+    if cache_facts is None:
+        return {}, {}
+    return cast(tuple[dict[str, float], dict[str, str]], cache_facts(headers))

@@ -1,0 +1,15 @@
+"""Upload goodput (kind `upload`): N parallel streams POSTing to the responder's `/upload`.
+See throughput.py."""
+
+from __future__ import annotations
+
+from ..result import Result, Target
+from ..settings import UploadSettings
+from .throughput import measure_throughput
+
+__all__ = ["measure"]
+
+
+async def measure(target: Target, settings: UploadSettings) -> Result:
+    """One upload test: goodput figures over the measured window."""
+    return await measure_throughput("upload", target, settings)
