@@ -41,6 +41,7 @@ __all__ = [
     "Direction",
     "Sample",
     "RESPONDER_HTTP_PORT",
+    "REQUEST_BYTES",
     "interval_rates",
     "slow_start_over",
     "window_figures",
@@ -51,6 +52,9 @@ __all__ = [
 Direction = Literal["download", "upload"]
 
 RESPONDER_HTTP_PORT = 9311
+# The most one request asks the responder for (its own cap is 10 GiB by default); a stream whose
+# share of the byte cap is larger asks again on a new connection when one request is done.
+REQUEST_BYTES = 8 * 1024**3
 # The warm-up is over once this many interval rates in a row stayed below GROWTH times the best before.
 _STEADY_INTERVALS = 2
 _GROWTH = 1.1
@@ -116,7 +120,8 @@ def window_figures(samples: Sequence[Sample]) -> dict[str, float]:
 def stream_url(direction: Direction, address: str, url: str | None, streams: int, max_bytes: int) -> str:
     """The URL every stream uses: `url`, else a URL target as is, else the responder at the address.
 
-    A responder `/download` URL without `bytes` gets each stream's share of the byte cap.
+    A responder `/download` URL without `bytes` gets each stream's share of the byte cap (at most
+    REQUEST_BYTES).
     """
     given = url or (address if "://" in address else None)
     if given is None:
@@ -127,7 +132,7 @@ def stream_url(direction: Direction, address: str, url: str | None, streams: int
     if direction == "download" and parts.path.endswith("/download"):
         query = dict(parse_qsl(parts.query))
         if "bytes" not in query:
-            query["bytes"] = str(math.ceil(max_bytes / streams))
+            query["bytes"] = str(min(math.ceil(max_bytes / streams), REQUEST_BYTES))
             given = parts._replace(query=urlencode(query)).geturl()
     return given
 
@@ -174,7 +179,9 @@ class _Run:
 
         budget = math.ceil(int(settings.max_bytes) / settings.streams)
         kind = DownloadStream if direction == "download" else UploadStream
-        self.streams: list[Stream] = [kind(i, endpoint, budget, float(settings.timeout), poke) for i in range(settings.streams)]
+        self.streams: list[Stream] = [
+            kind(i, endpoint, budget, float(settings.timeout), poke, REQUEST_BYTES) for i in range(settings.streams)
+        ]
         self.samples: list[Sample] = []
         self.window_start: int | None = None
         self.stopped_by = ""

@@ -112,8 +112,9 @@ class Stream:
     """One stream's thread, its counters and its socket; `stop()` ends it from any thread."""
 
     def __init__(self, index: int, endpoint: Endpoint, budget_bytes: int, timeout: float,
-                 on_change: Callable[[], None]) -> None:
+                 on_change: Callable[[], None], request_bytes: int) -> None:
         self.index = index
+        self.request_bytes = request_bytes  # the most one upload request carries
         self.endpoint = endpoint
         self.budget_bytes = budget_bytes
         self.timeout = timeout
@@ -276,12 +277,14 @@ class DownloadStream(Stream):
 
 
 class UploadStream(Stream):
-    """POSTs a body of the stream's byte budget, sent with sendfile from an in-memory file."""
+    """POSTs bodies adding up to the stream's byte budget, sent with sendfile from an in-memory file."""
 
     def __init__(self, index: int, endpoint: Endpoint, budget_bytes: int, timeout: float,
-                 on_change: Callable[[], None]) -> None:
-        super().__init__(index, endpoint, budget_bytes, timeout, on_change)
+                 on_change: Callable[[], None], request_bytes: int) -> None:
+        super().__init__(index, endpoint, budget_bytes, timeout, on_change, request_bytes)
         self.head_bytes = 0  # request head bytes, which TCP_INFO's bytes_acked counts too
+        self.body_bytes = 0  # of the current request
+        self.done_bytes = 0  # bodies of the requests already answered
         self.acked = 0  # body bytes the receiver acknowledged, as of the last `acked_body_bytes()`
 
     def acked_body_bytes(self) -> int:
@@ -289,10 +292,15 @@ class UploadStream(Stream):
         info = self.info()
         if info is not None:
             # bytes_acked counts the SYN as one byte, and the request head
-            self.acked = max(self.acked, min(info.bytes_acked - 1 - self.head_bytes, self.budget_bytes))
+            acked = min(max(info.bytes_acked - 1 - self.head_bytes, 0), self.body_bytes)
+            self.acked = max(self.acked, self.done_bytes + acked)
         return self.acked
 
     def _transfer(self) -> None:
+        while not self._stopped and self.done_bytes < self.budget_bytes:
+            self._request(min(self.budget_bytes - self.done_bytes, self.request_bytes))
+
+    def _request(self, budget: int) -> None:
         with _source_lock:
             source, source_bytes = _upload_source()
         endpoint = self.endpoint
@@ -300,23 +308,24 @@ class UploadStream(Stream):
         if sock is None:
             return
         head = (f"POST {endpoint.path} HTTP/1.1\r\nHost: {endpoint.host_header}\r\nUser-Agent: {_USER_AGENT}\r\n"
-                f"Content-Type: application/octet-stream\r\nContent-Length: {self.budget_bytes}\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {budget}\r\n"
                 "Expect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+        self.head_bytes, self.body_bytes = len(head), budget
         sock.sendall(head)
-        self.head_bytes = len(head)
         status, _, length, rest = self._read_head(sock)
         if status != 100:
             raise self._refused(sock, status, rest, length)
-        self.ready = True
-        self._on_change()
-        offset, sent, budget = 0, 0, self.budget_bytes
+        if not self.ready:
+            self.ready = True
+            self._on_change()
+        offset, sent = 0, 0
         if endpoint.scheme == "https":
             view = memoryview(os.pread(source, source_bytes, 0))
             while sent < budget and not self._stopped:
                 count = sock.send(view[offset : offset + min(budget - sent, source_bytes - offset)])
                 sent += count
                 offset = (offset + count) % source_bytes
-                self.bytes = sent
+                self.bytes = self.done_bytes + sent
         else:
             fd = sock.fileno()
             while sent < budget and not self._stopped:
@@ -325,10 +334,15 @@ class UploadStream(Stream):
                     raise StreamError("protocol", f"stream {self.index}: connection closed mid-body")
                 sent += count
                 offset = (offset + count) % source_bytes
-                self.bytes = sent
+                self.bytes = self.done_bytes + sent
         if self._stopped:
             return
         status, _, length, rest = self._read_head(sock)
         if status != 200:
             raise self._refused(sock, status, rest, length)
         self.acked_body_bytes()
+        with self._lock:  # the whole body is in: it counts even when the sampler looks between requests
+            self.done_bytes += budget
+            self.acked = max(self.acked, self.done_bytes)
+            self.body_bytes = 0
+        self._close()
