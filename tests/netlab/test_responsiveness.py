@@ -16,6 +16,11 @@ Checks: on the large queue loaded RTT rises and responsiveness_rpm falls by at l
 against the small one; the loaded RTT agrees with fping's median during the same load, and with the
 queue's theoretical delay (limit / rate) plus the idle round trip.
 
+Then the same through the product: `qiancheng-probe once --kind download` against the responder on
+both queues (its streams are the load, its LatencyProbes the probes), with `fping -D` running beside
+it; the echoes sent during the kind's measured window are the peer. The server's route to the client
+carries `congctl cubic`, so the responder's connections use CUBIC too.
+
 Over TLS 1.3 the test server answers the first request one round trip late when the queue is long
 (http_f ≈ 2 RTT, ≈ 430 ms on the 250 ms queue; curl's time_starttransfer − time_pretransfer shows the
 same), which the draft counts as the server's share of responsiveness (§6.1.3); the pooled median and
@@ -39,10 +44,12 @@ from typing import Any
 
 import pytest
 
+from qiancheng.probes.measure import available_kinds
 from qiancheng.probes.measure.loaded import LatencyProbes
 from tests.conftest import PYTHON, ROOT
 from tests.integration.helpers import require_root, require_tool
-from tests.netlab.lab import Lab, Netns, shape_rate
+from tests.netlab.conftest import probe_once
+from tests.netlab.lab import Lab, Link, Netns, shape_rate
 
 PREFIX = "qr"
 HTTP_PORT, HTTPS_PORT = 9380, 9443
@@ -61,6 +68,10 @@ FPING_INTERVAL_MS = 100
 # dropped so often under four CUBIC flows that one TLS handshake in four waited ~220 ms for a
 # retransmission (more than the trimmed mean's 5 %), and its https RPM swung between 1000 and 3000.
 RPM_FACTOR = 5.0
+# Kind download's own streams fill the large queue more slowly (their receive windows grow with it):
+# in its window the queue stood at 60-150 ms of the 250 ms (fping agreeing), against 16-17 ms on the
+# small one, and its RPM fell 3.3-9 times.
+DOWNLOAD_RPM_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -126,14 +137,31 @@ def _case(client: Netns, urls: dict[str, str], address: str) -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True)
+class Network:
+    """The client and server namespaces, their link, and the URLs of the server's probe targets."""
+
+    client: Netns
+    server: Netns
+    link: Link
+    urls: dict[str, str]
+
+    def shape(self, queue_seconds: float) -> None:
+        """The download direction's bottleneck: the server's end of the link, with this queue."""
+        shape_rate(self.server, self.link.b_dev, RATE_BIT, limit_bytes=int(RATE_BIT / 8 * queue_seconds))
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LoadedRun]]:
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     require_root()
     for tool in ("ip", "tc", "iperf3", "fping", "openssl"):
         require_tool(tool)
     with Lab(PREFIX, workdir=tmp_path_factory.mktemp("lab")) as lab:
         client, server = lab.namespace("c"), lab.namespace("s")
         link = lab.link(client, server)
+        # Every connection the server opens towards the client uses CUBIC (the route's congctl), as the
+        # responder sets none itself and a namespace cannot change this machine's default (BBR).
+        server.run("ip", "route", "replace", link.network, "dev", link.b_dev, "congctl", "cubic")
         server.popen(require_tool("iperf3"), "-s", "-B", link.b_addr, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server.popen(PYTHON, "-m", "qiancheng.probes.responder.main", "--listen", link.b_addr, "--http-port",
                      str(HTTP_PORT), "--echo-port", "0", "--dns-port", "0",
@@ -152,17 +180,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LoadedR
         # https_server serves /ping only: a load URL of /download makes the probes ask for /ping there too
         urls = {"http": f"http://{link.b_addr}:{HTTP_PORT}/download?bytes=1",
                 "https": f"https://{link.b_addr}:{HTTPS_PORT}/download?bytes=1"}  # fmt: skip
-        outcomes = {}
-        for name, queue_seconds in (("small", SMALL_QUEUE_SECONDS), ("large", LARGE_QUEUE_SECONDS)):
-            # the download direction: the server's end of the link is the bottleneck
-            shape_rate(server, link.b_dev, RATE_BIT, limit_bytes=int(RATE_BIT / 8 * queue_seconds))
-            result = _case(client, urls, link.b_addr)
-            assert result["load_running"], f"the load ended before the window did: {result['load_error']}"
-            assert result["congestion"] == "cubic" and result["load_bits_per_second"] > 0.8 * RATE_BIT, result
-            echoes = result["fping"]
-            outcomes[name] = LoadedRun(queue_seconds, result["figures"], [e for e in echoes if e is not None],
-                                       sum(1 for e in echoes if e is None))  # fmt: skip
-        yield outcomes
+        yield Network(client, server, link, urls)
+
+
+@pytest.fixture(scope="module")
+def runs(network: Network) -> dict[str, LoadedRun]:
+    """Both queues under the iperf3 load, with our probes (http and https) and fping side by side."""
+    outcomes = {}
+    for name, queue_seconds in (("small", SMALL_QUEUE_SECONDS), ("large", LARGE_QUEUE_SECONDS)):
+        network.shape(queue_seconds)
+        result = _case(network.client, network.urls, network.link.b_addr)
+        assert result["load_running"], f"the load ended before the window did: {result['load_error']}"
+        assert result["congestion"] == "cubic" and result["load_bits_per_second"] > 0.8 * RATE_BIT, result
+        echoes = result["fping"]
+        outcomes[name] = LoadedRun(queue_seconds, result["figures"], [e for e in echoes if e is not None],
+                                   sum(1 for e in echoes if e is None))  # fmt: skip
+    return outcomes
 
 
 def _shown(run: LoadedRun, scheme: str) -> str:
@@ -204,6 +237,74 @@ def test_loaded_rtt_matches_the_queue_delay(runs: dict[str, LoadedRun], scheme: 
     # TCP keeps a standing queue between its sawtooth's low point and the limit; a tail-drop queue
     # never holds a packet longer than limit / rate (plus one burst of tokens).
     assert 0.5 * theory <= loaded - idle <= 1.1 * theory, _shown(large, scheme)
+
+
+@dataclass(frozen=True)
+class DownloadRun:
+    """`--kind download`'s figures on one queue, and fping's RTTs of echoes sent during its window."""
+
+    figures: dict[str, float]
+    fping_seconds: list[float]
+
+    def shown(self, name: str) -> str:
+        f = self.figures
+        return (f"download kind, {name} queue: {f['throughput_bits_per_second'] / 1e6:.1f} Mbit/s, "
+                f"idle {f.get('idle_rtt_seconds', 0) * 1e3:.2f} ms, loaded {f.get('loaded_rtt_seconds', 0) * 1e3:.1f} ms, "
+                f"fping {statistics.median(self.fping_seconds or [0]) * 1e3:.1f} ms, "
+                f"rpm {f.get('responsiveness_rpm', 0):.0f}, probes {f.get('loaded_probes', 0):.0f}, "
+                f"echoes {len(self.fping_seconds)}")  # fmt: skip
+
+
+def _fping_during(output: str, begin: float, end: float) -> list[float]:
+    """RTTs of `fping -D` replies (lines `[unix time] addr : [i], .. bytes, 1.23 ms (...)`) sent within [begin, end]."""
+    rtts = []
+    for line in output.splitlines():
+        if not line.startswith("[") or " bytes, " not in line:
+            continue
+        received = float(line[1:line.index("]")])
+        rtt = float(line.split(" bytes, ", 1)[1].split(" ms", 1)[0]) / 1e3
+        if begin <= received - rtt <= end:
+            rtts.append(rtt)
+    return rtts
+
+
+@pytest.fixture(scope="module")
+def download_runs(network: Network) -> dict[str, DownloadRun]:
+    """`qiancheng-probe once --kind download` from the responder on both queues, with fping beside it."""
+    if "download" not in available_kinds():
+        pytest.skip("this version has no kind download")
+    runs = {}
+    for name, queue_seconds in (("small", SMALL_QUEUE_SECONDS), ("large", LARGE_QUEUE_SECONDS)):
+        network.shape(queue_seconds)
+        fping = network.client.popen("fping", "-D", "-p", str(FPING_INTERVAL_MS), "-t", "2000", "-c", "200", network.link.b_addr,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            result = probe_once(network.client, "download", f"{network.link.b_addr}:{HTTP_PORT}", "--streams",
+                                str(STREAMS), "--warmup", f"{WARM_UP_SECONDS:g}s", "--duration", f"{WINDOW_SECONDS:g}s",
+                                timeout=60)  # fmt: skip
+        finally:
+            fping.terminate()
+            output = fping.communicate()[0].decode()
+        assert result["success"], result
+        figures = result["figures"]
+        # the window is the test's last `window_seconds` (stopping the streams after it takes milliseconds)
+        end = result["start_ns"] / 1e9 + result["duration_seconds"]
+        runs[name] = DownloadRun(figures, _fping_during(output, end - figures["window_seconds"], end))
+    return runs
+
+
+def test_download_kind_reports_the_loaded_latency_of_its_own_load(download_runs: dict[str, DownloadRun]) -> None:
+    small, large = download_runs["small"], download_runs["large"]
+    print("", small.shown("small"), large.shown("large"), sep="\n")
+    for run, name in ((small, "small"), (large, "large")):
+        figures = run.figures
+        assert figures["throughput_bits_per_second"] > 0.8 * RATE_BIT, run.shown(name)
+        assert figures["loaded_probes"] >= 0.5 * WINDOW_SECONDS / PROBE_INTERVAL_SECONDS, run.shown(name)
+        assert len(run.fping_seconds) >= 0.8 * WINDOW_SECONDS * 1000 / FPING_INTERVAL_MS, run.shown(name)
+        peer = statistics.median(run.fping_seconds)
+        assert abs(figures["loaded_rtt_seconds"] - peer) <= 0.2 * peer + 0.002, run.shown(name)
+    assert large.figures["responsiveness_rpm"] * DOWNLOAD_RPM_FACTOR <= small.figures["responsiveness_rpm"], (
+        small.shown("small"), large.shown("large"))  # fmt: skip
 
 
 def main() -> None:
