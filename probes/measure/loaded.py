@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import socket
 import ssl
 import statistics
@@ -234,8 +235,9 @@ class _ForeignProbe:
             self._sock = stream
             stream.settimeout(conn.timeout)
             stream.do_handshake()
-            self.tls_done = time.perf_counter_ns()
-            self.tls_round_trips = tls_round_trips(stream.version())
+            done = time.perf_counter_ns()
+            self.tls_round_trips = tls_round_trips(stream.version())  # set before the mark that publishes it
+            self.tls_done = done
         self.request_start = time.perf_counter_ns()
         stream.sendall(wire)
         received = 0
@@ -360,12 +362,18 @@ class LatencyProbes:
         return self._connection
 
     async def measure_idle(self, rounds: int = 5) -> None:
-        """`rounds` probes one after the other, before the load starts (socket.gaierror if the host is unknown)."""
+        """`rounds` probes one after the other, before the load starts (socket.gaierror if the host is unknown).
+
+        The first failure ends them: a server that does not answer would otherwise hold up the load by
+        `rounds` timeouts, and the next probe would fail alike.
+        """
         connection = await self._prepared()
         for _ in range(rounds):
             probe = _ForeignProbe(connection)
             self._idle.append(probe)
             await _start(probe)
+            if probe.error is not None:
+                break
 
     async def run_loaded(self, stop: asyncio.Event) -> None:
         """A probe every `interval` until `stop` is set; round trips still under way then are cut off."""
@@ -378,7 +386,8 @@ class LatencyProbes:
             probe = _ForeignProbe(connection)
             self._loaded.append(probe)
             running.append((probe, _start(probe)))
-            index += 1
+            # the next slot of the grid; slots a busy loop let pass are skipped, not made up in a burst
+            index = max(index + 1, math.ceil((loop.time() - first) / self._interval))
             try:
                 async with asyncio.timeout(max(0.0, first + index * self._interval - loop.time())):
                     await stop.wait()

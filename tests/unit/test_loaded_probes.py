@@ -105,7 +105,8 @@ async def test_untrusted_certificate_is_a_tls_failure(https_port: int) -> None:
     figures = probes.figures()
 
     assert probes.failures["tls_error"] >= 2 and set(probes.failures) == {"tls_error"}
-    assert len(probes.idle_round_trips().tcp) == 2  # the TCP handshakes still count as round trips
+    assert len(probes.idle_round_trips().tcp) == 1  # the first failure ends the idle probes; its TCP
+    assert not probes.idle_round_trips().tls  # handshake still counts as a round trip
     assert "idle_rpm" not in figures and "responsiveness_rpm" not in figures  # no TLS or HTTP round trip
     assert figures["loaded_probes"] == 0
 
