@@ -152,7 +152,10 @@ def tls_round_trips(version: str | None) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Connection:
-    """Where and how probes connect: the address of the load's server and the request's bytes."""
+    """What every probe does: connect to the load's server, TLS or not, ask for `plan.target` with `method`.
+
+    Each step (connect, handshake, request) has `timeout` seconds.
+    """
 
     family: socket.AddressFamily
     address: tuple[str, int]

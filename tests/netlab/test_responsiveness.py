@@ -162,7 +162,8 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         # Every connection the server opens towards the client uses CUBIC (the route's congctl), as the
         # responder sets none itself and a namespace cannot change this machine's default (BBR).
         server.run("ip", "route", "replace", link.network, "dev", link.b_dev, "congctl", "cubic")
-        server.popen(require_tool("iperf3"), "-s", "-B", link.b_addr, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server.popen(require_tool("iperf3"), "-s", "-B", link.b_addr,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         server.popen(PYTHON, "-m", "qiancheng.probes.responder.main", "--listen", link.b_addr, "--http-port",
                      str(HTTP_PORT), "--echo-port", "0", "--dns-port", "0",
                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -276,7 +277,8 @@ def download_runs(network: Network) -> dict[str, DownloadRun]:
     runs = {}
     for name, queue_seconds in (("small", SMALL_QUEUE_SECONDS), ("large", LARGE_QUEUE_SECONDS)):
         network.shape(queue_seconds)
-        fping = network.client.popen("fping", "-D", "-p", str(FPING_INTERVAL_MS), "-t", "2000", "-c", "200", network.link.b_addr,
+        fping = network.client.popen("fping", "-D", "-p", str(FPING_INTERVAL_MS), "-t", "2000", "-c", "200",
+                                     network.link.b_addr,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             result = probe_once(network.client, "download", f"{network.link.b_addr}:{HTTP_PORT}", "--streams",
