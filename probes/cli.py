@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{config.file}: ok: probe {config.probe.id} ({config.probe.city}, {config.probe.isp}), "
               f"{len({j.target.name for j in config.jobs})} targets, {len(config.jobs)} jobs")
         for job in config.jobs:
-            print(f"  {job.target.name:<24} {job.kind:<6} every {job.settings.interval:g}s")
+            print(f"  {job.target.name:<24} {job.kind:<8} every {job.settings.interval:g}s")
         return 0
     from .agent import run_agent
 
