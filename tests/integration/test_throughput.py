@@ -20,6 +20,7 @@ from probes.measure.progress import Progress, progress_callback
 from probes.result import Result, Target
 from probes.settings import DownloadSettings, ThroughputSettings, UploadSettings
 from tests.conftest import PYTHON, Processes, free_port
+from tests.integration.helpers import http_get, wait_for
 from tests.integration.test_responder import HOST, Responder, start_responder
 
 pytestmark = pytest.mark.integration
@@ -113,7 +114,8 @@ async def test_busy_responder_gives_a_clear_failed_result(processes: Processes, 
         assert not result.success
         assert result.error == "http_status"
         assert result.detail is not None and "HTTP 503" in result.detail and "max_concurrent_transfers" in result.detail
-    # and with streams within the limit it works
+    # once the responder has seen the refused test's other streams go, streams within the limit work
+    wait_for(lambda: json.loads(http_get(f"{capped.url}/healthz")[1])["transfers"] == 0, 5, "the slots to be free")
     assert (await _measure("download", _target(capped), streams=2)).success
 
 
