@@ -112,12 +112,13 @@ class Responder:
     http_port: int = field(default_factory=free_port)
     echo_port: int = field(default_factory=free_port)
     dns_port: int = field(default_factory=free_udp_tcp_port)
+    stamp_port: int = 0  # the STAMP reflector is off unless a test gives it a port (8620 would clash)
 
     def start(self) -> None:
         self.process = self.processes.start(
             PYTHON, "-m", "qiancheng.probes.responder.main", "--listen", "127.0.0.1",
             "--http-port", str(self.http_port), "--echo-port", str(self.echo_port), "--dns-port", str(self.dns_port),
-            "--stamp-port", "0", name="responder",
+            "--stamp-port", str(self.stamp_port), name="responder",
         )
         wait_tcp(self.http_port)
         wait_tcp(self.echo_port)

@@ -5,11 +5,9 @@ HTTP tests read a cache's headers, judged by the collector's SLA (GET /api/v1/sl
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from qiancheng.probes.result import Result, Target
 from qiancheng.probes.stats import train_stats
 from qiancheng.probes.wire import Batch, encode_batch
 from tests.conftest import PYTHON, Processes
+from tests.integration.cache_edge import cache_like_server
 from tests.integration.helpers import Collector, http_get, probe_config, require_root, wait_for
 
 pytestmark = pytest.mark.integration
@@ -113,35 +112,10 @@ def test_a_batch_of_issue5_figures_becomes_metrics(processes: Processes, tmp_pat
 # ---- a real probe: ICMP with the voice estimate, HTTP against a cache's headers, judged by the SLA -------
 
 
-class _CacheLikeHandler(BaseHTTPRequestHandler):
-    """Answers like a Fastly edge that holds the object: X-Cache HIT, Age, X-Served-By."""
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server naming
-        body = b"segment"
-        self.send_response(200)
-        self.send_header("Content-Type", "video/mp2t")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Via", "1.1 varnish")
-        self.send_header("X-Served-By", "cache-lishui-edge1-HGH")
-        self.send_header("X-Cache", "HIT")
-        self.send_header("Age", "42")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
-        return
-
-
 @pytest.fixture
 def cache_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _CacheLikeHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/seg.ts"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with cache_like_server() as url:
+        yield url
 
 
 @dataclass

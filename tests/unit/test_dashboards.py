@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboards.generate import PENDING_METRICS, build_all
+from dashboards.generate import build_all
 from dashboards.queries import dashboard_files, expand, load, panel_queries, variable_queries
 from qiancheng.collector.metrics import HELP
 from qiancheng.collector.sla.exposition import SLA_HELP
@@ -67,7 +67,7 @@ def test_variables_used_by_queries_are_defined(path: Path) -> None:
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_queries_name_only_exposed_metrics(path: Path) -> None:
-    exposed = set(HELP) | set(SLA_HELP) | set(PENDING_METRICS)
+    exposed = set(HELP) | set(SLA_HELP)
     for query in panel_queries(load(path)):
         for name in _METRIC.findall(query.expr):
             base = next((name[: -len(s)] for s in _SUFFIXES if name.endswith(s)), name)
