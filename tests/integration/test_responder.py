@@ -27,6 +27,7 @@ import dns.rdatatype
 import pytest
 
 from tests.conftest import Processes, free_port, script, wait_tcp
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +84,8 @@ def start_responder(processes: Processes, config: Path | None = None) -> Respond
     process = processes.start(*args, name="responder")
     for port in (http_port, echo_port, dns_port):
         wait_tcp(port)
+    # the sockets listen (and accept) before the servers run and the start is logged
+    wait_for(lambda: "responder_started" in processes.log("responder"), 10, "responder_started logged", step=0.05)
     return Responder(process, http_port, echo_port, dns_port, processes)
 
 
