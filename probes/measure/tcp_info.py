@@ -19,6 +19,8 @@ _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 _READ_BYTES = 232
 # (name, struct format, offset)
 _FIELDS = (
+    ("snd_mss", "I", 16),
+    ("sacked", "I", 28),
     ("rtt_us", "I", 68),
     ("snd_ssthresh", "I", 76),
     ("snd_cwnd", "I", 80),
@@ -33,6 +35,8 @@ _FIELDS = (
 class TcpInfo:
     """What one getsockopt(TCP_INFO) said; RTTs in microseconds as the kernel keeps them."""
 
+    snd_mss: int
+    sacked: int  # segments the receiver holds out of order (SACKed), not yet cumulatively acknowledged
     rtt_us: int
     snd_ssthresh: int
     snd_cwnd: int
@@ -40,6 +44,11 @@ class TcpInfo:
     total_retrans: int
     bytes_acked: int
     bytes_received: int
+
+    @property
+    def delivered_bytes(self) -> int:
+        """Bytes the receiver has: cumulatively acknowledged plus SACKed (full segments, so exact for bulk)."""
+        return self.bytes_acked + self.sacked * self.snd_mss
 
     @property
     def in_slow_start(self) -> bool:

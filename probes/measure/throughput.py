@@ -8,10 +8,11 @@ samples, per-stream rates and bytes, plus TCP_INFO figures. A byte cap and a tim
 early; the window then covers what was measured and info `stopped_by` says which cap ended it.
 
 Goodput counts application bytes at the receiving end of each stream. Download: the bytes the probe
-read. Upload: TCP_INFO's bytes_acked at the probe (minus the request head), i.e. what the responder's
-TCP acknowledged; read every sample without a round trip to the responder, which only reports its
-count when the body is complete. Acknowledged bytes may still sit in the responder's socket buffer,
-but that is a bounded offset (one receive buffer) at both ends of the window, not a drift.
+read. Upload: what the responder's TCP has received as TCP_INFO at the probe tells it (bytes_acked
+plus the SACKed segments, minus the request head); read every sample without a round trip to the
+responder, which only reports its count when the body is complete. Received bytes may still sit in
+the responder's socket buffer, but that is a bounded offset (one receive buffer) at both ends of the
+window, not a drift.
 
 Loaded latency (loaded.py, when present) runs beside the window; CDN facts (cdn.py, when present)
 come from the first download response's headers.
@@ -83,17 +84,19 @@ def interval_rates(samples: Sequence[Sample]) -> list[float]:
 
 
 def slow_start_over(rates: Sequence[float], growth: float = _GROWTH, steady: int = _STEADY_INTERVALS) -> bool:
-    """True when each of the last `steady` rates stayed below `growth` × the best rate before it.
+    """True when each of the last `steady` rates stayed within a factor `growth` of the best rate before it.
 
     Slow start roughly doubles the rate every round trip, so while it lasts each interval beats the
-    best so far by far more than 10 %; a link that is full stops growing. Zero rates (still
-    connecting) never count as steady.
+    best so far by far more than 10 %; a link that is full stops growing. A dip does not count as
+    steady either: it is a loss being repaired, after which in-order data arrives in a leap, and a
+    window that began in the dip would count the leap as its own goodput. Zero rates (still
+    connecting) never count.
     """
     if len(rates) <= steady:
         return False
     for index in range(len(rates) - steady, len(rates)):
         best_before = max(rates[:index])
-        if best_before <= 0 or rates[index] >= growth * best_before:
+        if best_before <= 0 or not best_before / growth <= rates[index] < growth * best_before:
             return False
     return True
 
@@ -140,6 +143,7 @@ def stream_url(direction: Direction, address: str, url: str | None, streams: int
 class _LatencyProbes(Protocol):
     async def measure_idle(self, rounds: int = 5) -> None: ...
     async def run_loaded(self, stop: asyncio.Event) -> None: ...
+    def add_self_probe(self, rtt_seconds: float) -> None: ...
     def figures(self) -> dict[str, float]: ...
 
 
@@ -246,8 +250,11 @@ class _Run:
                         phase_started = now
                         if latency is not None:
                             loaded = asyncio.create_task(latency.run_loaded(stop_latency))
-                elif now - phase_started >= window:
-                    break
+                else:
+                    if latency is not None:
+                        self._self_probes(latency)
+                    if now - phase_started >= window:
+                        break
                 if finished or self.samples[-1].total >= settings.max_bytes:
                     self.stopped_by = "byte_cap"
                     break
@@ -260,6 +267,12 @@ class _Run:
             stop_latency.set()
             if loaded is not None:
                 await loaded
+
+    def _self_probes(self, latency: _LatencyProbes) -> None:
+        """The load connections' own smoothed RTTs (TCP_INFO), the draft's self probes."""
+        for info in (s.info() for s in self.streams):
+            if info is not None:
+                latency.add_self_probe(_rtt_us(self.direction, info) / 1e6)
 
     def _slow_start_over(self) -> bool:
         if slow_start_over(interval_rates(self.samples)):
@@ -313,14 +326,20 @@ class _Run:
         if self.direction == "upload":
             figures["tcp_retransmits"] = float(sum(i.total_retrans for i in infos))
             figures["tcp_cwnd_segments"] = sum(i.snd_cwnd for i in infos) / len(infos)
-            rtts = [i.rtt_us for i in infos if i.rtt_us]
-        else:
-            # the receiver's own RTT estimate (tcpi_rcv_rtt, from its window advance); its tcpi_rtt
-            # only comes from the ACKs of the few bytes it sent, the request
-            rtts = [i.rcv_rtt_us for i in infos if i.rcv_rtt_us]
+        rtts = [rtt for rtt in (_rtt_us(self.direction, i) for i in infos) if rtt]
         if rtts:
             figures["tcp_rtt_seconds"] = sum(rtts) / len(rtts) / 1e6
         return figures
+
+
+def _rtt_us(direction: Direction, info: TcpInfo) -> int:
+    """The smoothed RTT of a load connection as its end at the probe sees it, in µs (0: none yet).
+
+    The sender's tcpi_rtt for uploads; for downloads the receiver's own estimate, tcpi_rcv_rtt (from
+    how long a window's worth of data takes to arrive): its tcpi_rtt only comes from the ACKs of the
+    few bytes it sent, the request.
+    """
+    return info.rtt_us if direction == "upload" else info.rcv_rtt_us
 
 
 async def measure_throughput(direction: Direction, target: Target, settings: ThroughputSettings) -> Result:
@@ -331,9 +350,12 @@ async def measure_throughput(direction: Direction, target: Target, settings: Thr
         endpoint = await _endpoint(url, settings)
     except ValueError as error:
         raise MeasurementError("error", str(error)) from None
-    latency = _latency_probes(direction, target, settings, endpoint)
+    latency = _latency_probes(url, settings, endpoint)
     if latency is not None:
-        await latency.measure_idle()
+        try:
+            await latency.measure_idle()
+        except OSError:  # the load's own connections will say what is wrong with the server
+            latency = None
     run = _Run(direction, target, settings, endpoint)
     try:
         await run.connect()
@@ -355,16 +377,13 @@ async def measure_throughput(direction: Direction, target: Target, settings: Thr
     )
 
 
-def _latency_probes(direction: Direction, target: Target, settings: ThroughputSettings, endpoint: Endpoint) -> _LatencyProbes | None:
-    """Loaded-latency probes against the responder's /ping (loaded.py), None without that module.
-
-    Only for the responder: a foreign URL (a CDN object) has no tiny object of known cost to fetch.
-    """
+def _latency_probes(url: str, settings: ThroughputSettings, endpoint: Endpoint) -> _LatencyProbes | None:
+    """Loaded-latency probes to the load's server (loaded.py picks the responder's /ping, or a HEAD of
+    any other URL), None without that module."""
     probes_class = _optional("loaded", "LatencyProbes")
-    if probes_class is None or not endpoint.path.split("?")[0].endswith(("/download", "/upload")):
+    if probes_class is None:
         return None
-    ping = f"{endpoint.scheme}://{endpoint.host_header}{endpoint.path.split('?')[0].rsplit('/', 1)[0]}/ping"
-    return cast(_LatencyProbes, probes_class(ping, address=endpoint.address, verify_tls=settings.verify_tls))
+    return cast(_LatencyProbes, probes_class(url, address=endpoint.address, verify_tls=settings.verify_tls))
 
 
 def _cache_facts(headers: Iterable[tuple[str, str]]) -> tuple[dict[str, float], dict[str, str]]:

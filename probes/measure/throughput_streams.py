@@ -97,6 +97,9 @@ _source_lock = threading.Lock()
 
 
 def _reason(error: BaseException) -> str:
+    # a TLS read or write that hit the kernel's SO_RCVTIMEO/SO_SNDTIMEO is a stall, not a TLS failure
+    if isinstance(error, (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)):
+        return "timeout"
     if isinstance(error, ssl.SSLError):
         return "tls_error"
     if isinstance(error, (TimeoutError, BlockingIOError)):
@@ -157,7 +160,8 @@ class Stream:
         except StreamError as error:
             self._fail(error)
         except (OSError, ssl.SSLError) as error:
-            what = "stalled: no progress" if isinstance(error, BlockingIOError) else str(error) or type(error).__name__
+            stalled = isinstance(error, (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError))
+            what = f"stalled: no progress for {self.timeout:g} s" if stalled else str(error) or type(error).__name__
             self._fail(StreamError(_reason(error), f"stream {self.index}: {what}"))
         finally:
             self.finished = True
@@ -291,8 +295,10 @@ class UploadStream(Stream):
         """Body bytes the responder's TCP has acknowledged (kept from the last reading once the socket is gone)."""
         info = self.info()
         if info is not None:
-            # bytes_acked counts the SYN as one byte, and the request head
-            acked = min(max(info.bytes_acked - 1 - self.head_bytes, 0), self.body_bytes)
+            # SACKed bytes count too: after a loss the cumulative ACK stalls at the hole while the data
+            # behind it keeps arriving, then leaps; a window starting in such a moment would count the
+            # leap as goodput of its own. bytes_acked counts the SYN as one byte, and the request head.
+            acked = min(max(info.delivered_bytes - 1 - self.head_bytes, 0), self.body_bytes)
             self.acked = max(self.acked, self.done_bytes + acked)
         return self.acked
 

@@ -7,6 +7,7 @@ the CDN-like object server are real servers on loopback.
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from probes.measure.progress import Progress, progress_callback
 from probes.result import Result, Target
 from probes.settings import DownloadSettings, ThroughputSettings, UploadSettings
 from tests.conftest import PYTHON, Processes, free_port
-from tests.integration.helpers import http_get, wait_for
+from tests.integration.helpers import http_get, require_tool, wait_for
 from tests.integration.test_responder import HOST, Responder, start_responder
 
 pytestmark = pytest.mark.integration
@@ -77,6 +78,10 @@ async def test_throughput_against_the_responder(responder: Responder, kind: str)
     assert result.info["address"] == HOST
     assert result.info["url"].startswith(f"http://{HOST}:{responder.http_port}/{kind}")
     assert "stopped_by" not in result.info
+    # latency on fresh connections beside the load, before and during the window (loaded.py)
+    assert f["idle_rtt_seconds"] > 0 and f["loaded_rtt_seconds"] > 0 and f["loaded_probes"] >= 3
+    assert f["bufferbloat_seconds"] == pytest.approx(f["loaded_rtt_seconds"] - f["idle_rtt_seconds"])
+    assert f["responsiveness_rpm"] > 0
     if kind == "upload":
         assert f["tcp_cwnd_segments"] >= 1 and f["tcp_retransmits"] >= 0
     # the live progress went through warm-up and window, with rates and growing byte counts
@@ -176,6 +181,47 @@ async def test_download_of_any_url_fetches_the_object_again_and_reads_cdn_header
     assert result.figures["cdn_cache_hit"] == 1
     assert result.figures["cdn_age_seconds"] == 42
     assert result.info["cache_status"] == "hit"
+    assert result.figures["loaded_probes"] >= 3  # HEADs of the object beside the load
+
+
+@pytest.fixture
+async def https_object(tmp_path: Path) -> AsyncIterator[str]:
+    """An HTTPS server (self-signed certificate for 127.0.0.1, made here by openssl) with one 2 MiB object."""
+    openssl = require_tool("openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", f"subjectAltName=IP:{HOST}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    body = bytes(range(256)) * (2 * MIB // 256)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/object.bin", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, HOST, port, ssl_context=context).start()
+    try:
+        yield f"https://{HOST}:{port}/object.bin"
+    finally:
+        await runner.cleanup()
+
+
+async def test_https_download_verifies_the_certificate(https_object: str) -> None:
+    target = Target(name="tls", address=https_object)
+    refused = await _measure("download", target, streams=2)
+    assert (refused.success, refused.error) == (False, "tls_error")
+    assert refused.detail is not None and "certificate" in refused.detail.lower()
+    result = await _measure("download", target, streams=2, verify_tls=False)
+    assert result.success, result.detail
+    assert result.figures["bytes_total"] > 2 * 2 * MIB
 
 
 async def test_url_with_an_error_status_fails_with_it(cdn_object: str) -> None:

@@ -28,6 +28,13 @@ def test_slow_start_is_over_when_the_rate_stops_growing() -> None:
     assert slow_start_over(rates)
 
 
+def test_a_dip_is_not_steady() -> None:
+    # a loss being repaired: the rate dips, then in-order data arrives in a leap
+    assert not slow_start_over([90e6, 95e6, 60e6, 96e6])
+    assert not slow_start_over([90e6, 95e6, 94e6, 80e6])
+    assert slow_start_over([90e6, 95e6, 60e6, 96e6, 94e6])
+
+
 def test_slow_start_is_not_over_while_connecting_or_too_early() -> None:
     assert not slow_start_over([0.0, 0.0, 0.0, 0.0])
     assert not slow_start_over([50e6, 50e6])
@@ -98,8 +105,11 @@ def test_stream_url(direction: str, address: str, url: str | None, expected: str
     assert stream_url(direction, address, url, streams=4, max_bytes=1000) == expected  # type: ignore[arg-type]
 
 
-def _tcp_info_bytes(rtt_us: int, ssthresh: int, cwnd: int, rcv_rtt_us: int, retrans: int, acked: int) -> bytes:
+def _tcp_info_bytes(rtt_us: int, ssthresh: int, cwnd: int, rcv_rtt_us: int, retrans: int, acked: int,
+                    mss: int = 1448, sacked: int = 0) -> bytes:
     raw = bytearray(232)
+    struct.pack_into("=I", raw, 16, mss)
+    struct.pack_into("=I", raw, 28, sacked)
     struct.pack_into("=I", raw, 68, rtt_us)
     struct.pack_into("=I", raw, 76, ssthresh)
     struct.pack_into("=I", raw, 80, cwnd)
@@ -116,6 +126,11 @@ def test_parse_tcp_info_fields_and_slow_start() -> None:
     assert info.in_slow_start
     after = parse_tcp_info(_tcp_info_bytes(1500, 40, 44, 0, 0, 1))
     assert after is not None and not after.in_slow_start
+
+
+def test_delivered_bytes_count_sacked_segments() -> None:
+    info = parse_tcp_info(_tcp_info_bytes(1500, 40, 44, 0, 0, 1_000_001, mss=1448, sacked=10))
+    assert info is not None and info.delivered_bytes == 1_000_001 + 14_480
 
 
 def test_parse_tcp_info_of_an_old_kernel_is_none() -> None:
