@@ -3,7 +3,8 @@
 Routes (sizes in bytes, durations in seconds):
 - `GET /download?bytes=N`: N bytes of incompressible data, with Content-Length, never cached; sent
   with sendfile(2) from an in-memory file of random bytes, so the kernel copies them straight into
-  the socket and the event loop only wakes when the socket has room.
+  the socket, by a thread of its own on a duplicate of the socket (the system call releases the GIL,
+  so several downloads use several cores, and the event loop stays free).
 - `POST /upload`: reads and discards the body; answers `{"bytes": n, "duration_seconds": d}` where d
   runs from the first body byte's arrival to the last one's (0 for a body that arrives in one read).
   A body of known length of at least DIRECT_READ_MIN_BYTES is read straight from the socket by a
@@ -25,7 +26,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from aiohttp import web
 
@@ -40,11 +41,7 @@ log = logging.getLogger("qiancheng.responder.http")
 # The in-memory file downloads are sent from, again and again: random, so that no compression on the
 # path inflates the throughput, and a few MiB so that no compressor's window spans a repetition.
 CHUNK_BYTES = 8 * 1024 * 1024
-# One sendfile call sends at most this much (it doubles from the least while calls finish quickly):
-# small enough that a slow peer still makes progress within the stall timeout between calls, large
-# enough that a fast one costs few event loop wake-ups per GiB.
-_SEND_LEAST_BYTES, _SEND_MOST_BYTES = 256 * 1024, 8 * 1024 * 1024
-_SEND_QUICK_SECONDS = 0.05
+
 RETRY_AFTER_SECONDS = 1
 # aiohttp reads request bodies in pieces of this size at most (its default is 256 KiB); bigger
 # pieces mean fewer wake-ups per uploaded GiB. Flow control still bounds what is buffered.
@@ -54,6 +51,7 @@ DIRECT_READ_MIN_BYTES = 1024 * 1024
 _DIRECT_READ_BUFFER_BYTES = 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 class TransferSlots:
@@ -88,7 +86,9 @@ class _State:
     source: BinaryIO
     source_bytes: int
     source_filled: Future[None]
-    readers: ThreadPoolExecutor  # one thread per transfer slot, for direct upload reads
+    threads: ThreadPoolExecutor  # one thread per transfer slot, for the bodies of downloads and uploads
+    # the threads' sockets, shut down when the app stops so no thread outlives it in a blocked call
+    thread_sockets: set[socket.socket]
 
 
 _STATE = web.AppKey("responder_state", _State)
@@ -153,42 +153,77 @@ async def _download(request: web.Request) -> web.StreamResponse:
 
 async def _send(request: web.Request, state: _State, size: int) -> web.StreamResponse:
     """Send `size` bytes from the shared in-memory file; a stalled or lost peer ends it quietly."""
-    started, sent = monotonic(), 0
+    started = monotonic()
     stall = float(state.limits.transfer_stall_timeout)
-    loop = asyncio.get_running_loop()
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"})
     response.content_length = size
-    piece = _SEND_LEAST_BYTES
     if not state.source_filled.done():
         await asyncio.wrap_future(state.source_filled)
     try:
-        # One deadline moved forward after every call: cheaper than a wait_for (a task) per call.
-        async with asyncio.timeout(stall) as deadline:
+        async with asyncio.timeout(stall):
             await response.prepare(request)
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("connection lost")
-            while sent < size:
-                offset = sent % state.source_bytes
-                count = min(size - sent, piece, state.source_bytes - offset)
-                began = loop.time()
-                # sendfile(2) on the socket, or aiohttp's writes where the transport cannot (TLS)
-                await loop.sendfile(transport, state.source, offset, count)
-                sent += count
-                now = loop.time()
-                deadline.reschedule(now + stall)
-                piece = min(piece * 2, _SEND_MOST_BYTES) if now - began < _SEND_QUICK_SECONDS else max(piece // 2, _SEND_LEAST_BYTES)
-            await response.write_eof()
-        log.debug(kv("download_done", peer=request.remote, bytes=sent, seconds=monotonic() - started))
+            # the head must be on the wire before the thread writes the body beside aiohttp
+            while transport.get_write_buffer_size():
+                await asyncio.sleep(0.001)
+        socket_ = transport.get_extra_info("socket")
+        if socket_ is None or transport.get_extra_info("sslcontext") is not None:
+            raise ConnectionResetError("not a plain TCP connection")  # the responder serves plain HTTP only
+        await _in_thread(state, socket_.fileno(), stall, _send_body, state.source, state.source_bytes, size)
+        await response.write_eof()
+        log.debug(kv("download_done", peer=request.remote, bytes=size, seconds=monotonic() - started))
     except TimeoutError:
-        log.info(kv("download_stalled", peer=request.remote, bytes=sent, of=size, stall_seconds=stall))
+        log.info(kv("download_stalled", peer=request.remote, of=size, stall_seconds=stall))
         _drop_connection(request)
-    except (ConnectionError, RuntimeError) as error:
-        # RuntimeError: asyncio's sendfile on a transport the peer has just closed
-        log.debug(kv("download_aborted", peer=request.remote, bytes=sent, of=size, error=str(error)))
+    except ConnectionError as error:
+        log.debug(kv("download_aborted", peer=request.remote, of=size, error=str(error)))
     # Also when the connection is gone: aiohttp's finish step meets the closed transport and lets it
     # be, where a raised exception would be logged as a server error and answered with a 500.
     return response
+
+
+async def _in_thread(state: _State, fd: int, stall: float, body: Callable[..., T], *args: Any) -> T:
+    """`body(raw, *args)` in a transfer thread, `raw` a duplicate of the connection's socket `fd`.
+
+    The duplicate is registered (the app's cleanup shuts it down) and closed when the thread is done.
+    A cancelled caller shuts it down, so the thread's blocked call returns at once instead of keeping
+    the process alive until the stall timeout.
+    """
+    raw = socket.socket(fileno=os.dup(fd))
+    raw.settimeout(stall)  # timeout mode keeps the shared file description non-blocking, as asyncio needs
+    state.thread_sockets.add(raw)
+
+    def release(_: object) -> None:
+        state.thread_sockets.discard(raw)
+        raw.close()
+
+    done = state.threads.submit(body, raw, *args)
+    done.add_done_callback(release)
+    try:
+        return await asyncio.wrap_future(done)
+    except asyncio.CancelledError:
+        _shutdown(raw)
+        raise
+
+
+def _shutdown(raw: socket.socket) -> None:
+    try:
+        raw.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed: the thread is done
+        pass
+
+
+def _send_body(raw: socket.socket, source: BinaryIO, source_bytes: int, size: int) -> None:
+    """Send `size` bytes from `source` over and over with sendfile(2)."""
+    sent = 0
+    while sent < size:
+        offset = sent % source_bytes
+        count = raw.sendfile(source, offset, min(size - sent, source_bytes - offset))
+        if not count:
+            raise ConnectionResetError(f"connection closed after {sent} of {size} bytes")
+        sent += count
 
 
 async def _upload_expect(request: web.Request) -> web.StreamResponse | None:
@@ -248,11 +283,8 @@ async def _upload_direct(request: web.Request, state: _State, length: int, fd: i
     transport.pause_reading()
     while piece := request.content.read_nowait():
         early += len(piece)
-    raw = socket.socket(fileno=os.dup(fd))
-    raw.settimeout(stall)  # timeout mode keeps the shared file description non-blocking, as asyncio needs
-    reading = asyncio.get_running_loop().run_in_executor(state.readers, _read_exactly, raw, length - early)
     try:
-        received, first, last = await reading
+        received, first, last = await _in_thread(state, fd, stall, _read_exactly, length - early)
     except TimeoutError:
         log.info(kv("upload_stalled", peer=request.remote, bytes=early, stall_seconds=stall))
         _drop_connection(request)
@@ -260,9 +292,6 @@ async def _upload_direct(request: web.Request, state: _State, length: int, fd: i
     except ConnectionError as error:
         log.debug(kv("upload_aborted", peer=request.remote, error=str(error)))
         return _error(400, "connection lost mid-body")
-    except asyncio.CancelledError:
-        raw.shutdown(socket.SHUT_RDWR)  # the thread's recv returns at once (shutdown of the server)
-        raise
     first = started if early else first
     response = web.json_response(
         {"bytes": early + received, "duration_seconds": max(0.0, last - first)}, headers={"Cache-Control": "no-store"}
@@ -273,20 +302,17 @@ async def _upload_direct(request: web.Request, state: _State, length: int, fd: i
 
 
 def _read_exactly(raw: socket.socket, count: int) -> tuple[int, float, float]:
-    """Read and discard `count` bytes from `raw`, then close it: (bytes, first and last arrival)."""
+    """Read and discard `count` bytes from `raw`: (bytes, first and last arrival)."""
     buffer = memoryview(bytearray(_DIRECT_READ_BUFFER_BYTES))
     received, first, last = 0, 0.0, 0.0
-    try:
-        while received < count:
-            got = raw.recv_into(buffer, min(len(buffer), count - received))
-            if not got:
-                raise ConnectionResetError(f"connection closed after {received} of {count} bytes")
-            last = monotonic()
-            if not received:
-                first = last
-            received += got
-    finally:
-        raw.close()
+    while received < count:
+        got = raw.recv_into(buffer, min(len(buffer), count - received))
+        if not got:
+            raise ConnectionResetError(f"connection closed after {received} of {count} bytes")
+        last = monotonic()
+        if not received:
+            first = last
+        received += got
     return received, first, last
 
 
@@ -347,15 +373,18 @@ def make_app(limits: ResponderLimits, chunk: bytes | None = None) -> web.Applica
     """The HTTP service as an aiohttp application; `chunk` (default: 8 MiB random) feeds downloads."""
     app = web.Application(middlewares=[_json_errors])
     source = os.fdopen(os.memfd_create("qiancheng-download", os.MFD_CLOEXEC), "w+b", buffering=0)
-    readers = ThreadPoolExecutor(limits.max_concurrent_transfers, thread_name_prefix="upload-reader")
+    threads = ThreadPoolExecutor(limits.max_concurrent_transfers, thread_name_prefix="transfer")
     # 8 MiB of random bytes take tens of ms: made in a thread, off the start-up path; downloads wait for it
-    filled = readers.submit(_fill, source, chunk or b"")
+    filled = threads.submit(_fill, source, chunk or b"")
     size = len(chunk) if chunk else CHUNK_BYTES
-    app[_STATE] = _State(limits, TransferSlots(limits.max_concurrent_transfers), source, size, filled, readers)
+    app[_STATE] = _State(limits, TransferSlots(limits.max_concurrent_transfers), source, size, filled, threads, set())
 
     async def close_source(app: web.Application) -> None:
+        # after the shutdown grace: transfers still under way end now, their threads return at once
+        for raw in list(app[_STATE].thread_sockets):
+            _shutdown(raw)
+        threads.shutdown(wait=False)
         source.close()
-        readers.shutdown(wait=False)
 
     app.on_cleanup.append(close_source)
     app.router.add_get("/download", _download, allow_head=False)
