@@ -51,7 +51,25 @@ def figures_text(result: Result) -> str:
             parts.append(f"retransmits {int(f['tcp_retransmits'])}")
         if "stopped_by" in result.info:
             parts.append(f"stopped by {result.info['stopped_by'].replace('_', ' ')}")
+    if "loaded_rtt_seconds" in f:
+        parts.append(f"rtt idle/loaded {_ms(f['idle_rtt_seconds'])}/{_ms(f['loaded_rtt_seconds'])} ms")
+    if "responsiveness_rpm" in f:
+        parts.append(f"responsiveness {f['responsiveness_rpm']:.0f} RPM")
+    if "forward_delay_median_seconds" in f:
+        parts.append(
+            f"one-way fwd/back {_ms(f['forward_delay_median_seconds'])}/{_ms(f['backward_delay_median_seconds'])} ms "
+            f"(clock error ≤ {_duration(f['clock_error_seconds'])})"
+        )
+    if "mos" in f:
+        parts.append(f"MOS≈{f['mos']:.2f}")
+    if "cache_status" in result.info:
+        edge = result.info.get("edge")
+        parts.append(f"cache {result.info['cache_status']}" + (f" at {edge}" if edge else ""))
     return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds >= 1 else f"{_ms(seconds)} ms"
 
 
 def _mbit(bits_per_second: float) -> str:
