@@ -179,7 +179,10 @@ class _Run:
         self.changed = asyncio.Event()
 
         def poke() -> None:  # from a stream's thread
-            loop.call_soon_threadsafe(self.changed.set)
+            try:
+                loop.call_soon_threadsafe(self.changed.set)
+            except RuntimeError:  # the loop is closed: a stream that outlived its test has no one to tell
+                pass
 
         budget = math.ceil(int(settings.max_bytes) / settings.streams)
         kind = DownloadStream if direction == "download" else UploadStream

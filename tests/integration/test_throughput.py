@@ -7,9 +7,12 @@ the CDN-like object server are real servers on loopback.
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +36,7 @@ QUICK = {"window": 1.0, "warmup": 0.5, "max_bytes": 36 * GIB}
 
 
 @pytest.fixture(scope="module")
-def responder(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Responder]:
+def responder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Responder]:
     processes = Processes(tmp_path_factory.mktemp("responder"))
     try:
         yield start_responder(processes)
@@ -241,6 +244,37 @@ def test_cli_once_download_json(responder: Responder) -> None:
     assert done.stderr == ""  # no progress bar without a terminal, and never with --json
     result = json.loads(done.stdout)
     assert result["kind"] == "download" and result["figures"]["streams"] == 2
+
+
+def test_cli_once_shows_a_live_progress_bar_on_a_terminal(responder: Responder) -> None:
+    # stderr on a pseudo-terminal, as when a person runs the command; stdout still gets the table
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [PYTHON, "-m", "qiancheng.probes.cli", "once", "--kind", "download", "--streams", "2",
+             "--duration", "1s", "--warmup", "500ms", f"{HOST}:{responder.http_port}"],
+            stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=60,
+            env={**os.environ, "TERM": "xterm", "COLUMNS": "120"},
+        )
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while select.select([controller], [], [], 0.5)[0]:
+            try:
+                piece = os.read(controller, 65536)
+            except OSError:  # the terminal side is closed and everything was read
+                break
+            if not piece:
+                break
+            shown += piece
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert done.returncode == 0, done.stdout
+    text = shown.decode("utf-8", "replace")
+    assert "download" in text and "Mbit/s" in text and ("warmup" in text or "window" in text)
+    assert "Mbit/s" in done.stdout and "download" in done.stdout
 
 
 def test_settings_types() -> None:

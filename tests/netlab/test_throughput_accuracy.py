@@ -70,13 +70,13 @@ class Bed:
 
     def ours(self, direction: str, streams: int = STREAMS, window: float = WINDOW_SECONDS) -> Goodput:
         server_cpu = _process_cpu(self.responder_pid)
-        client_cpu = _children_cpu()
+        client_cpu = children_cpu()
         done = self.client.run(
             PYTHON, "-m", "qiancheng.probes.cli", "once", "--json", "--kind", direction,
             "--streams", str(streams), "--duration", f"{window}s", "--warmup", f"{WARMUP_SECONDS}s",
             "--max-bytes", MAX_BYTES, f"{self.server_address}:{RESPONDER_PORT}", check=False, timeout=60,
         )
-        cpu = _children_cpu() - client_cpu + _process_cpu(self.responder_pid) - server_cpu
+        cpu = children_cpu() - client_cpu + _process_cpu(self.responder_pid) - server_cpu
         assert done.returncode == 0, f"probe exit {done.returncode}: {done.stdout} {done.stderr}"
         result = json.loads(done.stdout)
         figures = result["figures"]
@@ -84,13 +84,13 @@ class Bed:
 
     def iperf3(self, direction: str, streams: int = STREAMS, window: float = WINDOW_SECONDS) -> Goodput:
         server_cpu = _process_cpu(self.iperf_pid)
-        client_cpu = _children_cpu()
+        client_cpu = children_cpu()
         reverse = ["-R"] if direction == "download" else []
         done = self.client.run(
             "iperf3", "-c", self.server_address, "-p", str(IPERF_PORT), "-P", str(streams), "-t", f"{window:g}",
             "-O", str(WARMUP_SECONDS), "--json", *reverse, check=False, timeout=60,
         )
-        cpu = _children_cpu() - client_cpu + _process_cpu(self.iperf_pid) - server_cpu
+        cpu = children_cpu() - client_cpu + _process_cpu(self.iperf_pid) - server_cpu
         assert done.returncode == 0, f"iperf3 exit {done.returncode}: {done.stdout[-2000:]} {done.stderr}"
         report = json.loads(done.stdout)
         moved = sum(interval["sum"]["bytes"] for interval in report["intervals"])
@@ -103,7 +103,7 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _children_cpu() -> float:
+def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
