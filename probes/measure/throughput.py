@@ -14,18 +14,17 @@ responder, which only reports its count when the body is complete. Received byte
 the responder's socket buffer, but that is a bounded offset (one receive buffer) at both ends of the
 window, not a drift.
 
-Loaded latency (loaded.py, when present) runs beside the window; CDN facts (cdn.py, when present)
-come from the first download response's headers.
+Loaded latency (loaded.py) runs beside the window; CDN facts (cdn.py) come from the first download
+response's headers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ..clock import monotonic, wall_ns
@@ -34,6 +33,8 @@ from ..result import Result, Target
 from ..settings import ThroughputSettings
 from ..stats import percentile
 from .addresses import resolve, split_host_port
+from .cdn import cache_facts
+from .loaded import LatencyProbes
 from .progress import Progress, report
 from .tcp_info import TcpInfo
 from .throughput_streams import DownloadStream, Endpoint, Stream, UploadStream
@@ -140,21 +141,6 @@ def stream_url(direction: Direction, address: str, url: str | None, streams: int
     return given
 
 
-class _LatencyProbes(Protocol):
-    async def measure_idle(self, rounds: int = 5) -> None: ...
-    async def run_loaded(self, stop: asyncio.Event) -> None: ...
-    def add_self_probe(self, rtt_seconds: float) -> None: ...
-    def figures(self) -> dict[str, float]: ...
-
-
-def _optional(module: str, name: str) -> Any:
-    """`name` from a sibling module, or None when this version does not have that module."""
-    try:
-        return getattr(importlib.import_module(f"{__package__}.{module}"), name)
-    except ModuleNotFoundError:
-        return None
-
-
 async def _endpoint(url: str, settings: ThroughputSettings) -> Endpoint:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -226,7 +212,7 @@ class _Run:
                 raise MeasurementError("timeout", f"{sum(not s.ready for s in self.streams)} of {len(self.streams)} streams got no response in time")
             await self._wait(monotonic() + 0.05)
 
-    async def sample(self, started: float, latency: _LatencyProbes | None) -> None:
+    async def sample(self, started: float, latency: LatencyProbes | None) -> None:
         """Sample until the window is over or a cap stops the test; the warm-up ends on its own."""
         settings = self.settings
         tick, warmup, window = float(settings.sample_interval), float(settings.warmup), float(settings.window)
@@ -271,7 +257,7 @@ class _Run:
             if loaded is not None:
                 await loaded
 
-    def _self_probes(self, latency: _LatencyProbes) -> None:
+    def _self_probes(self, latency: LatencyProbes) -> None:
         """The load connections' own smoothed RTTs (TCP_INFO), the draft's self probes."""
         for info in (s.info() for s in self.streams):
             if info is not None:
@@ -353,12 +339,12 @@ async def measure_throughput(direction: Direction, target: Target, settings: Thr
         endpoint = await _endpoint(url, settings)
     except ValueError as error:
         raise MeasurementError("error", str(error)) from None
-    latency = _latency_probes(url, settings, endpoint)
-    if latency is not None:
-        try:
-            await latency.measure_idle()
-        except OSError:  # the load's own connections will say what is wrong with the server
-            latency = None
+    probes = _latency_probes(url, settings, endpoint)
+    latency: LatencyProbes | None = probes
+    try:
+        await probes.measure_idle()
+    except OSError:  # the load's own connections will say what is wrong with the server
+        latency = None
     run = _Run(direction, target, settings, endpoint)
     try:
         await run.connect()
@@ -371,7 +357,7 @@ async def measure_throughput(direction: Direction, target: Target, settings: Thr
     if latency is not None:
         figures.update(latency.figures())
     if direction == "download":
-        cdn_figures, cdn_info = _cache_facts(run.streams[0].headers)
+        cdn_figures, cdn_info = cache_facts(run.streams[0].headers)
         figures.update(cdn_figures)
         info.update(cdn_info)
     return Result(
@@ -380,18 +366,7 @@ async def measure_throughput(direction: Direction, target: Target, settings: Thr
     )
 
 
-def _latency_probes(url: str, settings: ThroughputSettings, endpoint: Endpoint) -> _LatencyProbes | None:
+def _latency_probes(url: str, settings: ThroughputSettings, endpoint: Endpoint) -> LatencyProbes:
     """Loaded-latency probes to the load's server (loaded.py picks the responder's /ping, or a HEAD of
-    any other URL), None without that module."""
-    probes_class = _optional("loaded", "LatencyProbes")
-    if probes_class is None:
-        return None
-    return cast(_LatencyProbes, probes_class(url, address=endpoint.address, verify_tls=settings.verify_tls))
-
-
-def _cache_facts(headers: Iterable[tuple[str, str]]) -> tuple[dict[str, float], dict[str, str]]:
-    """CDN cache status and edge from the response headers (cdn.py), nothing without that module."""
-    cache_facts = _optional("cdn", "cache_facts")
-    if cache_facts is None:
-        return {}, {}
-    return cast(tuple[dict[str, float], dict[str, str]], cache_facts(headers))
+    any other URL)."""
+    return LatencyProbes(url, address=endpoint.address, verify_tls=settings.verify_tls)
