@@ -51,6 +51,8 @@ lint: $(TEST_ENV)
 bench: $(BASE_ENV)
 	$(PY) bench/ingest.py
 	$(PY) bench/wire_decode.py
+	$(PY) bench/accuracy.py
+	$(PY) bench/throughput.py
 	$(PY) bench/icmp_scale.py
 
 # a collector, a responder, probes in two cities and Prometheus on loopback for 90 s, then one PNG per dashboard
