@@ -4,7 +4,7 @@ in the same run, with the same number of streams. Builds the test network itself
 tbf, nftables loss, the TUN delay relay; needs root, iperf3, tc and nft).
 
 Links: tbf 100 Mbit/s, tbf 1 Gbit/s, an unshaped veth, then 100 Mbit/s with 1 % and 5 % random loss
-and with 10 ms each way through the delay relay (20 ms round trip). Each case runs both tools in
+and with 10 ms and 20 ms each way through the delay relay (20 and 40 ms round trip). Each case runs both tools in
 turns, alternating which goes first, RUNS times, and compares medians. CPU seconds per GB moved count
 both ends: ours the probe process and the responder, iperf3's its client and server. Ours includes
 the start of a Python process per run (measured apart and shown; it weighs most on the slow links,
@@ -54,9 +54,10 @@ CASES: list[tuple[str, int | None, float, float, tuple[str, ...]]] = [
     ("tbf 100 Mbit/s", 100 * MBIT, 0.0, 0.0, ("download", "upload")),
     ("tbf 1 Gbit/s", 1000 * MBIT, 0.0, 0.0, ("download", "upload")),
     ("unshaped veth", None, 0.0, 0.0, ("download", "upload")),
-    ("tbf 100 Mbit/s, 1 % loss", 100 * MBIT, 1.0, 0.0, ("download",)),
-    ("tbf 100 Mbit/s, 5 % loss", 100 * MBIT, 5.0, 0.0, ("download",)),
-    ("tbf 100 Mbit/s, 20 ms RTT", 100 * MBIT, 0.0, 0.010, ("download",)),
+    ("tbf 100 Mbit/s, 1 % loss", 100 * MBIT, 1.0, 0.0, ("download", "upload")),
+    ("tbf 100 Mbit/s, 5 % loss", 100 * MBIT, 5.0, 0.0, ("download", "upload")),
+    ("tbf 100 Mbit/s, 20 ms RTT", 100 * MBIT, 0.0, 0.010, ("download", "upload")),
+    ("tbf 100 Mbit/s, 20 ms each way", 100 * MBIT, 0.0, 0.020, ("download",)),
 ]
 
 
@@ -94,9 +95,9 @@ def main() -> int:
     print(f"probe start-up: {startup:.2f} CPU s per run (python, imports)")
     ratios: list[float] = []
     for label, rate, loss, delay, directions in CASES:
-        with Lab(PREFIX) as lab:
-            bed = build_bed(lab, rate, one_way_delay=delay)
-            for direction in directions:
+        for direction in directions:
+            with Lab(PREFIX) as lab:  # a fresh link per direction: loss applies to one direction's data only
+                bed = build_bed(lab, rate, one_way_delay=delay)
                 if loss:
                     lossy(bed, direction, loss)
                 ours, theirs = compare(bed, direction, args.runs)
@@ -104,7 +105,7 @@ def main() -> int:
                 shaped = rate is not None
                 if shaped:
                     ratios.append(ratio)
-                print(f"{label:<28} {direction:<8} ours {median_rate(ours) / MBIT:9.1f} [{_mbit(ours)}]  "
+                print(f"{label:<32} {direction:<8} ours {median_rate(ours) / MBIT:9.1f} [{_mbit(ours)}]  "
                       f"iperf3 {median_rate(theirs) / MBIT:9.1f} [{_mbit(theirs)}]  "
                       f"{'ratio' if shaped else 'ours/iperf3'} {ratio:.2f}  "
                       f"CPU s/GB ours {_cpu_per_gb(ours):.2f} (w/o start-up {_cpu_per_gb(ours, startup):.2f}) "
