@@ -18,23 +18,14 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import qiancheng.probes  # noqa: F401
-except ModuleNotFoundError:  # run by an interpreter without the project: use the project's own venv
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    if venv_python.exists() and Path(sys.executable) != venv_python:
-        os.execv(str(venv_python), [str(venv_python), *sys.argv])
-    raise
-sys.path.insert(0, str(ROOT))  # the tests' network library
+import netlab_env  # noqa: F401 - first: the project's venv, and the tests' network library on sys.path
 
-from tests.netlab.conftest import PREFIX  # noqa: E402
-from tests.netlab.lab import Lab  # noqa: E402
-from tests.netlab.test_icmp_accuracy import measure_delays, measure_under_hog  # noqa: E402
-from tests.netlab.test_jitter_accuracy import ipdv_mean_abs, measure_jitter, pdv_p99, relative_error  # noqa: E402
-from tests.netlab.test_loss_accuracy import COUNT, binomial_interval, measure_impaired, measure_loss  # noqa: E402
+from tests.netlab.conftest import PREFIX
+from tests.netlab.lab import Lab
+from tests.netlab.test_icmp_accuracy import measure_delays, measure_under_hog
+from tests.netlab.test_jitter_accuracy import ipdv_mean_abs, measure_jitter, pdv_p99, relative_error
+from tests.netlab.test_loss_accuracy import COUNT, binomial_interval, measure_impaired, measure_loss
 
 
 def _ms(seconds: float) -> str:

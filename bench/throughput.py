@@ -22,21 +22,12 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import qiancheng.probes  # noqa: F401
-except ModuleNotFoundError:  # run by an interpreter without the project: use the project's own venv
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    if venv_python.exists() and Path(sys.executable) != venv_python:
-        os.execv(str(venv_python), [str(venv_python), *sys.argv])
-    raise
-sys.path.insert(0, str(ROOT))  # the tests' network library
+import netlab_env  # noqa: F401 - first: the project's venv, and the tests' network library on sys.path
 
-from tests.conftest import PYTHON  # noqa: E402
-from tests.netlab.lab import Lab  # noqa: E402
-from tests.netlab.test_throughput_accuracy import (  # noqa: E402
+from tests.conftest import PYTHON
+from tests.netlab.lab import Lab
+from tests.netlab.test_throughput_accuracy import (
     MBIT,
     PREFIX,
     STREAMS,

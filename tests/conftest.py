@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
+def has_ipv6_loopback() -> bool:
+    """True if this machine can bind ::1 (containers sometimes run without IPv6)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     """A port the kernel just called free on `host` (TCP by default)."""
     with socket.socket(socket.AF_INET, kind) as sock:

@@ -12,22 +12,13 @@ from pathlib import Path
 import pytest
 
 from qiancheng.probes.stamp_packet import ErrorEstimate, build_sender_packet, local_error_estimate
-from tests.conftest import Processes, free_port, script, wait_tcp
+from tests.conftest import Processes, free_port, has_ipv6_loopback, script, wait_tcp
 
 FIGURES = ("rtt_median_seconds", "forward_delay_median_seconds", "backward_delay_median_seconds",
            "clock_error_seconds", "clock_synchronized", "reordered", "mos", "r_factor", "jitter_seconds")
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HOSTS = ["127.0.0.1", "::1"] if _has_ipv6_loopback() else ["127.0.0.1"]
+HOSTS = ["127.0.0.1", "::1"] if has_ipv6_loopback() else ["127.0.0.1"]
 
 
 def _wait_reflector(host: str, port: int, timeout: float = 15.0) -> None:

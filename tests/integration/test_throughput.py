@@ -12,7 +12,7 @@ import pty
 import select
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,8 @@ from probes.result import Result, Target
 from probes.settings import DownloadSettings, ThroughputSettings, UploadSettings
 from tests.conftest import PYTHON, Processes, free_port
 from tests.integration.helpers import http_get, require_tool, wait_for
-from tests.integration.test_responder import HOST, Responder, start_responder
+# `responder`: test_responder's module-scoped fixture, one responder with the default limits
+from tests.integration.test_responder import HOST, Responder, responder, start_responder  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +34,6 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 # short tests: a 1 s window after at most 0.5 s of warm-up
 QUICK = {"window": 1.0, "warmup": 0.5, "max_bytes": 36 * GIB}
-
-
-@pytest.fixture(scope="module")
-def responder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Responder]:
-    processes = Processes(tmp_path_factory.mktemp("responder"))
-    try:
-        yield start_responder(processes)
-    finally:
-        processes.stop_all()
 
 
 def _target(responder: Responder) -> Target:

@@ -18,17 +18,9 @@ from qiancheng.probes.stamp_packet import (
     ntp_from_ns,
     parse_reflector_packet,
 )
+from tests.conftest import has_ipv6_loopback
 
 ESTIMATE = ErrorEstimate(True, 10, 42)
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 async def _reflector(host: str) -> StampReflector:
@@ -109,7 +101,7 @@ async def test_a_packet_with_a_zero_error_multiplier_is_discarded(reflector: Sta
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 async def test_reply_copies_the_sender_and_reports_the_ttl_it_arrived_with(host: str) -> None:
-    if ":" in host and not _has_ipv6_loopback():
+    if ":" in host and not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback (::1) on this machine")
     reflector = await _reflector(host)
     try:
