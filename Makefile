@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 # A Python that already has qiancheng installed (an activated venv) is used as it is; otherwise the
 # project's own venv is made and filled.
-PY := $(shell $(PYTHON) -c 'import qiancheng.probes, qiancheng.collector' >/dev/null 2>&1 && command -v $(PYTHON) || echo $(VENV)/bin/python)
+PY := $(shell $(PYTHON) -c 'import qiancheng.core, qiancheng.probes, qiancheng.collector' >/dev/null 2>&1 && command -v $(PYTHON) || echo $(VENV)/bin/python)
 ifeq ($(PY),$(VENV)/bin/python)
 BASE_ENV := $(VENV)/.installed
 TEST_ENV := $(VENV)/.installed-test
@@ -29,7 +29,7 @@ $(VENV)/.installed-test: pyproject.toml
 	touch $(VENV)/.installed $@
 
 demo: $(BASE_ENV)
-	$(PY) -m qiancheng.probes.demo
+	$(PY) tools/demo.py
 
 test: $(TEST_ENV) lint
 	bash tests/install-deps.sh
@@ -41,9 +41,10 @@ unit: $(TEST_ENV)
 integration: $(TEST_ENV)
 	$(PY) -m pytest -q tests/integration
 
-# mypy sees the package as installed: qiancheng/{probes,collector} as links to the source folders.
+# mypy sees the package as installed: qiancheng/{core,probes,collector} as links to the source folders.
 lint: $(TEST_ENV)
 	mkdir -p build/typecheck/qiancheng
+	ln -sfn ../../../core build/typecheck/qiancheng/core
 	ln -sfn ../../../probes build/typecheck/qiancheng/probes
 	ln -sfn ../../../collector build/typecheck/qiancheng/collector
 	cd build/typecheck && MYPYPATH=. $(abspath $(PY)) -m mypy --config-file ../../pyproject.toml --namespace-packages --explicit-package-bases -p qiancheng

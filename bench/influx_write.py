@@ -32,14 +32,21 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
-from ingest import PROBE, TOKEN, cpu_seconds, free_port, realistic_results, start_listening  # bench/ingest.py, beside this file
+from ingest import (  # bench/ingest.py, beside this file
+    PROBE,
+    TOKEN,
+    cpu_seconds,
+    free_port,
+    realistic_results,
+    start_listening,
+)
 
 from qiancheng.collector.config import InfluxConfig
 from qiancheng.collector.store.influx import InfluxStore
 from qiancheng.collector.store.sqlite import SqliteStore
-from qiancheng.probes.result import Result
-from qiancheng.probes.settings import Duration
-from qiancheng.probes.wire import Batch, encode_batch
+from qiancheng.core.result import Result
+from qiancheng.core.units import Duration
+from qiancheng.core.wire import Batch, encode_batch
 
 SIZES = (100, 1000)
 _START_MARK, _SEQ_MARK = 1_111_111_111_111_111_111, 987_654_321_012
@@ -99,7 +106,7 @@ async def push(url: str, pid: int, batches: Batches, clients: int, seconds: floa
 
 async def store_alone(store: InfluxStore | SqliteStore, batches: Batches, seconds: float) -> float:
     """Results per second through `store_batch` alone, one batch at a time, in this process."""
-    from qiancheng.probes.wire import decode_batch
+    from qiancheng.core.wire import decode_batch
 
     stored, started = 0, time.monotonic()
     while time.monotonic() - started < seconds:

@@ -34,9 +34,9 @@ from pathlib import Path
 import aiohttp
 
 from qiancheng.collector.store.sqlite import SqliteStore
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.stats import train_stats
-from qiancheng.probes.wire import Batch, encode_batch
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stats import train_stats
+from qiancheng.core.wire import Batch, encode_batch
 
 PROBE, TOKEN = "bench-probe-01", "bench-token-7f3a9c1e5b2d4f6a8c0e2b4d6f8a0c2e"
 SIZES = (100, 500, 1000)

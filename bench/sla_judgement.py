@@ -30,9 +30,9 @@ from qiancheng.collector.sla.judge import Judge
 from qiancheng.collector.sla.profiles import load_sla_profiles
 from qiancheng.collector.sla.windows import SERIES_SQL, WINDOW_SQL, SeriesKey, WindowReader
 from qiancheng.collector.store.sqlite import SqliteStore
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.stats import train_stats
-from qiancheng.probes.wire import Batch
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stats import train_stats
+from qiancheng.core.wire import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
 S = 1_000_000_000

@@ -13,9 +13,9 @@ import argparse
 import json
 import timeit
 
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.stats import train_stats
-from qiancheng.probes.wire import Batch, decode_batch, encode_batch
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stats import train_stats
+from qiancheng.core.wire import Batch, decode_batch, encode_batch
 
 
 def _batch(results: int) -> bytes:

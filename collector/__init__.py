@@ -5,6 +5,6 @@ deduplicated) → `live` (in-memory latest state) → `metrics` (exposition). `a
 `main` is the command line.
 """
 
-from qiancheng.probes import __version__
+from qiancheng.core import __version__
 
 __all__ = ["__version__"]

@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from qiancheng.probes.result import Result
+from qiancheng.core.result import Result
 
 __all__ = [
     "Ack",

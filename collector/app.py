@@ -13,9 +13,9 @@ from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from qiancheng.probes.clock import wall_ns
-from qiancheng.probes.logs import kv
-from qiancheng.probes.wire import RESULTS_PATH
+from qiancheng.core.clock import wall_ns
+from qiancheng.core.logs import kv
+from qiancheng.core.wire import RESULTS_PATH
 
 from . import __version__
 from .api import ErrorBody, Health, LatestEntry, LatestResponse, ProbeSummary, Totals, encode

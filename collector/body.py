@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import AsyncIterable
 
-from qiancheng.probes.errors import QianchengError
+from qiancheng.core.errors import QianchengError
 
 __all__ = ["BodyTooLarge", "BadEncoding", "GzipInflater", "inflate_gzip", "read_bounded"]
 

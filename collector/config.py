@@ -1,7 +1,7 @@
 """The collector's configuration: where it listens, where it stores, which probes may push, and limits.
 
 YAML in, typed Structs out; defaults are declared here, once. Every error names file, line, field and
-reason (via `probes.configfile`) before anything listens.
+reason (via `core.configfile`) before anything listens.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from qiancheng.probes.configfile import YamlDocument, load_struct
-from qiancheng.probes.result import NAME_PATTERN
-from qiancheng.probes.settings import Duration, Size
-from qiancheng.probes.wire import MAX_RESULTS_PER_BATCH
+from qiancheng.core.configfile import YamlDocument, load_struct
+from qiancheng.core.result import NAME_PATTERN
+from qiancheng.core.units import Duration, Size
+from qiancheng.core.wire import MAX_RESULTS_PER_BATCH
 
 from .sla.profiles import load_sla_profiles
 

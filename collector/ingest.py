@@ -34,10 +34,10 @@ import msgspec
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from qiancheng.probes.clock import wall_ns
-from qiancheng.probes.errors import QianchengError
-from qiancheng.probes.logs import kv
-from qiancheng.probes.wire import Batch, decode_batch
+from qiancheng.core.clock import wall_ns
+from qiancheng.core.errors import QianchengError
+from qiancheng.core.logs import kv
+from qiancheng.core.wire import Batch, decode_batch
 
 from .api import Ack, ErrorBody, encode
 from .auth import TokenTable

@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from qiancheng.probes.result import Result
+from qiancheng.core.result import Result
 
 from .store import ProbeRecord, StoredResult
 

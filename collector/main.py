@@ -12,10 +12,10 @@ from typing import Final
 
 from aiohttp import web
 
-from qiancheng.probes import logs
-from qiancheng.probes.configfile import YamlDocument
-from qiancheng.probes.errors import ConfigError
-from qiancheng.probes.logs import kv
+from qiancheng.core import logs
+from qiancheng.core.configfile import YamlDocument
+from qiancheng.core.errors import ConfigError
+from qiancheng.core.logs import kv
 
 from . import __version__
 from .app import make_app

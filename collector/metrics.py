@@ -19,7 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from qiancheng.probes.clock import wall_ns
+from qiancheng.core.clock import wall_ns
+from qiancheng.core.kinds import kinds_with
 
 from .live import LABELS, PROBE_LABELS, Histogram, LiveState, Series
 
@@ -48,7 +49,7 @@ RTT_BUCKETS: Final = (
 #: how long a batch's SQLite transaction takes, seconds (an fsync is 0.1–10 ms on SSDs)
 COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: kinds whose samples are round-trip times, each one observed in qiancheng_rtt_seconds
-RTT_KINDS: Final = frozenset({"icmp", "tcp", "stamp"})
+RTT_KINDS: Final = frozenset(kinds_with("round_trips"))
 _TRAIN_KINDS: Final = RTT_KINDS
 
 
@@ -83,8 +84,8 @@ def _both_directions(metric: str, figure: str) -> tuple[FigureMetric, FigureMetr
     )
 
 
-_CDN_KINDS: Final = _only("http", "download")
-_VOICE_KINDS: Final = _only("icmp", "stamp")
+_CDN_KINDS: Final = frozenset(kinds_with("cdn"))
+_VOICE_KINDS: Final = frozenset(kinds_with("voice"))
 
 
 #: gauges from the latest result of each series

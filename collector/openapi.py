@@ -6,7 +6,7 @@ from typing import Any, Final
 
 import msgspec
 
-from qiancheng.probes.wire import MAX_RESULTS_PER_BATCH, RESULTS_PATH, Batch
+from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, RESULTS_PATH, Batch
 
 from .api import Ack, ErrorBody, Health, LatestResponse, SlaResponse
 

@@ -1,3 +1,5 @@
-"""qiancheng probes: the measuring agent, the target-side responder, and the wire format they share."""
+"""qiancheng probes: both ends of a measurement, the measuring agent and the target-side responder.
 
-__version__ = "0.1.0"
+The agent (config, scheduler, measure/, spool, uploader, CLI) and the responder (responder/) import
+qiancheng.core and never each other.
+"""

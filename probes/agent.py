@@ -9,12 +9,13 @@ from pathlib import Path
 
 import aiohttp
 
-from . import __version__, logs
-from .clock import wall_ns
+from qiancheng.core import __version__, logs
+from qiancheng.core.clock import wall_ns
+from qiancheng.core.errors import ConfigError
+from qiancheng.core.logs import kv
+from qiancheng.core.result import Result
+
 from .config import Job, ProbeConfig, load_probe_config
-from .errors import ConfigError
-from .logs import kv
-from .result import Result
 from .scheduler import Scheduler
 from .spool import Spool
 from .uploader import Uploader

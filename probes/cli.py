@@ -12,14 +12,16 @@ from urllib.parse import urlsplit
 import msgspec
 from rich.console import Console
 
-from . import __version__, measure
-from .configfile import decode_hook
-from .errors import ConfigError
-from .measure import EXCLUSIVE_KINDS
+from qiancheng.core import __version__
+from qiancheng.core.configfile import decode_hook
+from qiancheng.core.errors import ConfigError
+from qiancheng.core.kind_settings import KindSettings, ThroughputSettings, throughput_problem
+from qiancheng.core.kinds import EXCLUSIVE_KINDS, KINDS, kind_named
+from qiancheng.core.result import Result, Target
+
+from . import measure
 from .measure.progress import progress_callback
 from .render import ProgressBar, results_table
-from .result import KINDS, Result, Target
-from .settings import SETTINGS_BY_KIND, KindSettings, ThroughputSettings, throughput_problem
 
 __all__ = ["main"]
 
@@ -74,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _once_settings(kind: str, args: argparse.Namespace) -> KindSettings:
-    settings_type = SETTINGS_BY_KIND[kind]
+    settings_type = kind_named(kind).settings
     given: dict[str, Any] = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name) is not None}
     accepted = {name: value for name, value in given.items() if name in settings_type.__struct_fields__}
     if ignored := sorted(set(given) - set(accepted)):
@@ -102,9 +104,6 @@ async def _measure_all(targets: Sequence[Target], kinds: Sequence[str], settings
 def _once(args: argparse.Namespace) -> int:
     kinds = [args.kind or ("http" if "://" in t else "icmp") for t in args.targets]
     try:
-        for kind in set(kinds):
-            if kind not in measure.available_kinds():
-                raise ValueError(f"kind {kind} is not available in this version (available: {', '.join(measure.available_kinds())})")
         settings = [_once_settings(kind, args) for kind in kinds]
     except ValueError as error:
         print(f"qiancheng-probe once: {error}", file=sys.stderr)

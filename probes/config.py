@@ -1,7 +1,7 @@
 """The probe's configuration: identity, collector, spool, scheduler, and what to measure.
 
 YAML in, typed structures out, every error naming file, line, field and reason before anything
-starts. Per-kind settings come from `probes.settings` (defaults declared there, once); the config's
+starts. Per-kind settings come from `core.kind_settings` (defaults declared there, once); the config's
 `defaults:` section overrides them for every target, and a target's `kinds:` entry overrides those.
 """
 
@@ -16,11 +16,19 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from .configfile import YamlDocument, load_struct
-from .errors import ConfigError
-from .measure import available_kinds
-from .result import KINDS, NAME_PATTERN, Target
-from .settings import SETTINGS_BY_KIND, DnsSettings, Duration, HttpSettings, KindSettings, Size, ThroughputSettings, throughput_problem
+from qiancheng.core.configfile import YamlDocument, load_struct
+from qiancheng.core.errors import ConfigError
+from qiancheng.core.kind_settings import (
+    DnsSettings,
+    HttpSettings,
+    KindSettings,
+    ThroughputSettings,
+    throughput_problem,
+)
+from qiancheng.core.kinds import KINDS, kind_named
+from qiancheng.core.result import NAME_PATTERN, Target
+from qiancheng.core.units import Duration, Size
+
 
 __all__ = [
     "ProbeIdentity",
@@ -223,16 +231,13 @@ def _defaults(raw: dict[str, dict[str, Any]], document: YamlDocument) -> dict[st
     """The `defaults:` section, each kind's entry checked on its own so errors point at it."""
     for kind, values in raw.items():
         _check_kind_name(kind, ["defaults", kind], document)
-        document.convert(values or {}, SETTINGS_BY_KIND[kind], ["defaults", kind])
+        document.convert(values or {}, kind_named(kind).settings, ["defaults", kind])
     return {kind: dict(values or {}) for kind, values in raw.items()}
 
 
 def _check_kind_name(kind: str, path: list[str | int], document: YamlDocument) -> None:
-    if kind not in available_kinds():
-        known = ", ".join(available_kinds())
-        if kind in KINDS:
-            raise document.error(path, f"kind {kind!r} is not available in this version (available: {known})")
-        raise document.error(path, f"unknown kind {kind!r} (available: {known})")
+    if kind not in KINDS:
+        raise document.error(path, f"unknown kind {kind!r} (available: {', '.join(KINDS)})")
 
 
 def _target_jobs(entry: _TargetEntry, index: int, defaults: dict[str, dict[str, Any]], document: YamlDocument) -> list[Job]:
@@ -245,7 +250,7 @@ def _target_jobs(entry: _TargetEntry, index: int, defaults: dict[str, dict[str, 
     for kind, overrides in kinds.items():
         path = here + ["kinds", kind]
         _check_kind_name(kind, path, document)
-        settings = document.convert({**defaults.get(kind, {}), **overrides}, SETTINGS_BY_KIND[kind], path)
+        settings = document.convert({**defaults.get(kind, {}), **overrides}, kind_named(kind).settings, path)
         _check_job(target, kind, settings, path, here, document)
         jobs.append(Job(target=target, kind=kind, settings=settings, labels=tuple(sorted(entry.labels.items()))))
     return jobs

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Final
 
 from rich.console import Console
 from rich.progress import BarColumn, TaskID, TextColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from qiancheng.core.kinds import FigureGroup, kind_named
+from qiancheng.core.result import Result
+
 from .measure.progress import Progress
-from .result import Result
 
 __all__ = ["ProgressBar", "figures_text", "outcome_text", "results_table"]
 
@@ -19,10 +22,8 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f}" if seconds < 0.01 else f"{seconds * 1000:.2f}"
 
 
-def figures_text(result: Result) -> str:
-    """The figures that matter for the result's kind, in one readable line."""
-    f = result.figures
-    parts: list[str] = []
+def _round_trips(result: Result) -> list[str]:
+    f, parts = result.figures, []
     if "rtt_median_seconds" in f:
         parts.append(
             f"rtt min/med/max {_ms(f['rtt_min_seconds'])}/{_ms(f['rtt_median_seconds'])}/{_ms(f['rtt_max_seconds'])} ms"
@@ -31,15 +32,29 @@ def figures_text(result: Result) -> str:
         parts.append(f"jitter {_ms(f['jitter_seconds'])} ms")
     if "packets_sent" in f:
         parts.append(f"loss {f.get('loss_ratio', 0.0) * 100:.1f}% ({int(f['packets_received'])}/{int(f['packets_sent'])})")
-        extras = [f"{int(f[name])} {name}" for name in ("duplicates", "late") if f.get(name)]
-        parts.extend(extras)
-    if "lookup_seconds" in f:
-        parts.append(f"lookup {_ms(f['lookup_seconds'])} ms {result.info.get('rcode', '')} answers {int(f.get('answer_count', 0))}")
+        parts.extend(f"{int(f[name])} {name}" for name in ("duplicates", "late") if f.get(name))
+    return parts
+
+
+def _dns(result: Result) -> list[str]:
+    f = result.figures
+    if "lookup_seconds" not in f:
+        return []
+    return [f"lookup {_ms(f['lookup_seconds'])} ms {result.info.get('rcode', '')} answers {int(f.get('answer_count', 0))}"]
+
+
+def _http_phases(result: Result) -> list[str]:
+    f, parts = result.figures, []
     if "total_seconds" in f:
         phases = "/".join(_ms(f.get(f"{p}_seconds", 0.0)) for p in ("dns", "connect", "tls", "ttfb", "total"))
         parts.append(f"dns/connect/tls/ttfb/total {phases} ms")
         if "status_code" in f:
             parts.append(f"HTTP {int(f['status_code'])}")
+    return parts
+
+
+def _throughput(result: Result) -> list[str]:
+    f, parts = result.figures, []
     if "throughput_bits_per_second" in f:
         parts.append(
             f"{_mbit(f['throughput_bits_per_second'])} Mbit/s (p90 {_mbit(f['throughput_p90_bits_per_second'])}) "
@@ -51,21 +66,58 @@ def figures_text(result: Result) -> str:
             parts.append(f"retransmits {int(f['tcp_retransmits'])}")
         if "stopped_by" in result.info:
             parts.append(f"stopped by {result.info['stopped_by'].replace('_', ' ')}")
+    return parts
+
+
+def _loaded_latency(result: Result) -> list[str]:
+    f, parts = result.figures, []
     if "loaded_rtt_seconds" in f:
         parts.append(f"rtt idle/loaded {_ms(f['idle_rtt_seconds'])}/{_ms(f['loaded_rtt_seconds'])} ms")
     if "responsiveness_rpm" in f:
         parts.append(f"responsiveness {f['responsiveness_rpm']:.0f} RPM")
-    if "forward_delay_median_seconds" in f:
-        parts.append(
-            f"one-way fwd/back {_ms(f['forward_delay_median_seconds'])}/{_ms(f['backward_delay_median_seconds'])} ms "
-            f"(clock error ≤ {_duration(f['clock_error_seconds'])})"
-        )
-    if "mos" in f:
-        parts.append(f"MOS≈{f['mos']:.2f}")
-    if "cache_status" in result.info:
-        edge = result.info.get("edge")
-        parts.append(f"cache {result.info['cache_status']}" + (f" at {edge}" if edge else ""))
-    return "  ".join(parts)
+    return parts
+
+
+def _one_way(result: Result) -> list[str]:
+    f = result.figures
+    if "forward_delay_median_seconds" not in f:
+        return []
+    return [
+        f"one-way fwd/back {_ms(f['forward_delay_median_seconds'])}/{_ms(f['backward_delay_median_seconds'])} ms "
+        f"(clock error ≤ {_duration(f['clock_error_seconds'])})"
+    ]
+
+
+def _voice(result: Result) -> list[str]:
+    return [f"MOS≈{result.figures['mos']:.2f}"] if "mos" in result.figures else []
+
+
+def _cdn(result: Result) -> list[str]:
+    if "cache_status" not in result.info:
+        return []
+    edge = result.info.get("edge")
+    return [f"cache {result.info['cache_status']}" + (f" at {edge}" if edge else "")]
+
+
+_GROUP_TEXT: Final[dict[FigureGroup, Callable[[Result], list[str]]]] = {
+    "round_trips": _round_trips,
+    "dns": _dns,
+    "http_phases": _http_phases,
+    "throughput": _throughput,
+    "loaded_latency": _loaded_latency,
+    "one_way": _one_way,
+    "voice": _voice,
+    "cdn": _cdn,
+}
+
+
+def figures_text(result: Result) -> str:
+    """The figures of the groups the result's kind reports (qiancheng.core.kinds), in one readable line."""
+    try:
+        groups = kind_named(result.kind).figures
+    except KeyError:  # a kind this version does not know (a newer probe's, read back from the collector)
+        return ""
+    return "  ".join(part for group in groups for part in _GROUP_TEXT[group](result))
 
 
 def _duration(seconds: float) -> str:

@@ -21,12 +21,13 @@ import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from qiancheng.core.clock import wall_ns
+from qiancheng.core.kind_settings import KindSettings
+from qiancheng.core.logs import kv
+from qiancheng.core.result import Result, Target
+
 from . import measure
-from .clock import wall_ns
 from .config import Job
-from .logs import kv
-from .result import Result, Target
-from .settings import KindSettings
 
 __all__ = ["Scheduler", "WAKEUP_GRID_SECONDS", "phase_offset", "seconds_until_slot"]
 

@@ -27,10 +27,10 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from .clock import monotonic, wall_ns
-from .logs import kv
-from .result import Result
-from .wire import MAX_RESULTS_PER_BATCH
+from qiancheng.core.clock import monotonic, wall_ns
+from qiancheng.core.logs import kv
+from qiancheng.core.result import Result
+from qiancheng.core.wire import MAX_RESULTS_PER_BATCH
 
 __all__ = ["Spool", "SpoolCounters", "PendingBatch", "new_batch_id"]
 

@@ -22,10 +22,11 @@ from typing import Final
 import aiohttp
 import msgspec
 
-from .clock import wall_ns
-from .logs import kv
+from qiancheng.core.clock import wall_ns
+from qiancheng.core.logs import kv
+from qiancheng.core.wire import RESULTS_PATH, Batch, decode_batch, encode_batch
+
 from .spool import PendingBatch, Spool, SpoolCounters
-from .wire import RESULTS_PATH, Batch, decode_batch, encode_batch
 
 __all__ = ["Uploader", "UploaderCounters", "backoff_delay", "retry_after_seconds", "RETRY_AFTER_CAP"]
 

@@ -24,8 +24,8 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from qiancheng.probes.logs import kv
-from qiancheng.probes.wire import Batch
+from qiancheng.core.logs import kv
+from qiancheng.core.wire import Batch
 
 from ..store import StoreError
 from ..store.sqlite import SqliteStore

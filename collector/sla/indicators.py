@@ -2,7 +2,7 @@
 
 Pure functions over plain data, in base units (seconds, ratios 0..1, bits per second). Percentiles are
 exact, over every sample in the window (linear interpolation between closest ranks, as
-`probes.stats.percentile`), never interpolated from histogram buckets. An indicator with nothing to
+`core.stats.percentile`), never interpolated from histogram buckets. An indicator with nothing to
 compute from returns None: "no data", which is neither a pass nor a breach.
 """
 
@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from qiancheng.probes.stats import median, percentile
+from qiancheng.core.kinds import kinds_with
+from qiancheng.core.stats import median, percentile
 
 __all__ = [
     "Row",
@@ -30,7 +31,7 @@ Unit = Literal["seconds", "ratio", "bits_per_second", "score"]
 Bound = Literal["max", "min"]
 
 #: kinds whose samples are round-trip times
-TRAIN_KINDS: Final = ("icmp", "tcp", "stamp")
+TRAIN_KINDS: Final = kinds_with("round_trips")
 #: the estimated MOS (ITU-T G.107 E-model) a result may carry, 1..5
 MOS_FIGURE: Final = "mos"
 THROUGHPUT_FIGURE: Final = "throughput_bits_per_second"

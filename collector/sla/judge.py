@@ -19,7 +19,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from qiancheng.probes.logs import kv
+from qiancheng.core.logs import kv
 
 from .breach import BreachState, step
 from .indicators import Row

@@ -2,7 +2,7 @@
 
 YAML in, validated once at start: an unknown indicator, a threshold in the wrong unit or with the wrong
 sign, a floor given for a ceiling, an unknown profile in `assign` or a bad pattern are refused with
-file, line, field and reason (`probes.configfile`). Thresholds are written for people (`10ms`,
+file, line, field and reason (`core.configfile`). Thresholds are written for people (`10ms`,
 `0.1%`, `500Mbit/s`) and kept in base units (seconds, ratios, bits per second).
 """
 
@@ -17,7 +17,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-from qiancheng.probes.configfile import PathPart, YamlDocument, load_struct
+from qiancheng.core.configfile import PathPart, YamlDocument, load_struct
 
 from .indicators import INDICATORS, Indicator
 

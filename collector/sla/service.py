@@ -16,7 +16,7 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from qiancheng.probes.logs import kv
+from qiancheng.core.logs import kv
 
 from ..api import ErrorBody, SlaObjective, SlaResponse, SlaWindow, encode
 from ..config import CollectorConfig

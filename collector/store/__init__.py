@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from qiancheng.probes.errors import QianchengError
-from qiancheng.probes.result import Result
-from qiancheng.probes.wire import Batch
+from qiancheng.core.errors import QianchengError
+from qiancheng.core.result import Result
+from qiancheng.core.wire import Batch
 
 from ..config import StoreConfig
 

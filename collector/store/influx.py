@@ -32,9 +32,9 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
-from qiancheng.probes.logs import kv
-from qiancheng.probes.result import Result
-from qiancheng.probes.wire import Batch
+from qiancheng.core.logs import kv
+from qiancheng.core.result import Result
+from qiancheng.core.wire import Batch
 
 from ..config import InfluxConfig
 from . import BatchOutcome, ProbeRecord, StoredResult, StoreError

@@ -21,8 +21,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from qiancheng.probes.result import Result
-from qiancheng.probes.wire import Batch
+from qiancheng.core.result import Result
+from qiancheng.core.wire import Batch
 
 __all__ = [
     "RESULT_MEASUREMENT",

@@ -22,8 +22,8 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.wire import Batch
+from qiancheng.core.result import Result, Target
+from qiancheng.core.wire import Batch
 
 from . import BatchOutcome, ProbeRecord, StoredResult, StoreError
 

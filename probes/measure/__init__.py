@@ -1,6 +1,6 @@
 """Measurement kinds: one module per kind, each with `async def measure(target, settings) -> Result`.
 
-Adding a kind means adding its module and one line in `_MODULES`. Measurement code does no I/O besides
+Adding a kind means adding its module and one row in the catalogue (qiancheng.core.kinds). Measurement code does no I/O besides
 the measurement itself: no pushing, storing or logging of results. `run()` owns what is common to all
 kinds: an overall deadline, turning any unexpected exception into a failed result, so that nothing a
 target does can stop the scheduler, and running the exclusive kinds (download, upload) one at a time.
@@ -15,28 +15,16 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-from ..clock import monotonic, wall_ns
-from ..errors import MeasurementError
-from ..result import Result, Target, failure
-from ..settings import KindSettings
+from qiancheng.core.clock import monotonic, wall_ns
+from qiancheng.core.errors import MeasurementError
+from qiancheng.core.kind_settings import KindSettings
+from qiancheng.core.kinds import EXCLUSIVE_KINDS, kind_named
+from qiancheng.core.result import Result, Target, failure
 
-__all__ = ["EXCLUSIVE_KINDS", "MeasureFn", "available_kinds", "measure_fn", "run"]
+__all__ = ["MeasureFn", "measure_fn", "run"]
 
 MeasureFn = Callable[[Target, KindSettings], Awaitable[Result]]
 
-_MODULES = {
-    "icmp": "icmp",
-    "tcp": "tcp",
-    "dns": "dns",
-    "http": "http",
-    "download": "download",
-    "upload": "upload",
-    "stamp": "stamp",
-}
-
-#: Kinds that fill the access link: two at once would each measure half of it (and disturb every other
-#: test), so a probe runs at most one of them at a time; the others wait, outside their own deadline.
-EXCLUSIVE_KINDS: frozenset[str] = frozenset({"download", "upload"})
 # one lock per event loop (asyncio locks are bound to the loop they are first used in)
 _exclusive_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
@@ -44,19 +32,15 @@ _exclusive_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.L
 _DEADLINE_GRACE_SECONDS = 2.0
 
 
-def available_kinds() -> tuple[str, ...]:
-    """The kinds this probe can measure."""
-    return tuple(_MODULES)
-
-
 def measure_fn(kind: str) -> MeasureFn:
     """The entry point of `kind`; KeyError if no module serves it."""
-    module = importlib.import_module(f"{__name__}.{_MODULES[kind]}")
+    module = importlib.import_module(kind_named(kind).module)
     return cast(MeasureFn, module.measure)
 
 
 async def run(kind: str, target: Target, settings: KindSettings) -> Result:
     """Measure once; always returns a result, a failed one with a reason if anything went wrong."""
+    # Exclusive kinds fill the access link; the others wait for the lock outside their own deadline.
     if kind in EXCLUSIVE_KINDS:
         lock = _exclusive_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
         async with lock:

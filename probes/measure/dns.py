@@ -37,11 +37,7 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-from ..clock import monotonic, wall_ns
-from ..errors import MeasurementError
-from ..result import Result, Target
-from ..settings import DnsSettings
-from .addresses import (
+from qiancheng.core.addresses import (
     UNREACHABLE_ERRNOS,
     enable_receive_timestamps,
     enable_send_timestamps,
@@ -49,6 +45,10 @@ from .addresses import (
     send_timestamp_ns,
     split_host_port,
 )
+from qiancheng.core.clock import monotonic, wall_ns
+from qiancheng.core.errors import MeasurementError
+from qiancheng.core.kind_settings import DnsSettings
+from qiancheng.core.result import Result, Target
 
 __all__ = ["measure", "split_host_port"]
 

@@ -3,8 +3,9 @@ from any HTTP(S) URL such as a CDN object (fetched again while the test lasts). 
 
 from __future__ import annotations
 
-from ..result import Result, Target
-from ..settings import DownloadSettings
+from qiancheng.core.kind_settings import DownloadSettings
+from qiancheng.core.result import Result, Target
+
 from .throughput import measure_throughput
 
 __all__ = ["measure"]

@@ -51,11 +51,12 @@ from dataclasses import replace
 
 import h11
 
-from .. import __version__
-from ..clock import monotonic, wall_ns
-from ..errors import MeasurementError
-from ..result import Result, Target
-from ..settings import HttpSettings
+from qiancheng.core import __version__
+from qiancheng.core.clock import monotonic, wall_ns
+from qiancheng.core.errors import MeasurementError
+from qiancheng.core.kind_settings import HttpSettings
+from qiancheng.core.result import Result, Target
+
 from .cdn import cache_facts
 from .http_phases import Marks, RequestPlan, header_block_end, parse_url, phase_figures, request_headers, response_info
 

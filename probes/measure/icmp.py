@@ -32,13 +32,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-from ..clock import monotonic, wall_ns
-from ..errors import MeasurementError
-from ..mos import voice_figures
-from ..result import Result, Target
-from ..settings import IcmpSettings
-from ..stats import train_stats
-from .addresses import (
+from qiancheng.core.addresses import (
     UNREACHABLE_ERRNOS,
     enable_receive_timestamps,
     enable_send_timestamps,
@@ -47,7 +41,14 @@ from .addresses import (
     send_timestamp_ns,
     split_host_port,
 )
+from qiancheng.core.clock import monotonic, wall_ns
+from qiancheng.core.errors import MeasurementError
+from qiancheng.core.kind_settings import IcmpSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stats import train_stats
+
 from .icmp_packet import ECHO_REPLY, build_echo_request, parse_echo_reply, parse_looped_request
+from .mos import voice_figures
 
 __all__ = ["measure"]
 

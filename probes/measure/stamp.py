@@ -25,7 +25,7 @@ Figures.
   that count in `late`, second copies in `duplicates`; the train ends when every packet is answered or
   the last one has timed out, and nothing arriving after that is counted; `reordered` counts the packets whose reply came
   after the reply to a packet with a higher sequence number (RFC 4737 §3); neither changes loss.
-- `mos`, `r_factor`: the E-model estimate (probes/mos.py) from half the median round trip, the jitter
+- `mos`, `r_factor`: the E-model estimate (probes/measure/mos.py) from half the median round trip, the jitter
   and the loss of the train.
 The reflector's stateless mode allows round-trip loss only (RFC 8762 §4); a lost packet is not
 attributed to a direction.
@@ -39,12 +39,19 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from ..clock import monotonic, wall_ns
-from ..errors import MeasurementError
-from ..mos import voice_figures
-from ..result import Result, Target
-from ..settings import StampSettings
-from ..stamp_packet import (
+from qiancheng.core.addresses import (
+    enable_receive_timestamps,
+    enable_send_timestamps,
+    kernel_timestamp_ns,
+    resolve,
+    send_timestamp_ns,
+    split_host_port,
+)
+from qiancheng.core.clock import monotonic, wall_ns
+from qiancheng.core.errors import MeasurementError
+from qiancheng.core.kind_settings import StampSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stamp_packet import (
     PACKET_BYTES,
     SENDER_TIMESTAMP_OFFSET,
     ErrorEstimate,
@@ -59,15 +66,9 @@ from ..stamp_packet import (
     received_ttl,
     stamp_timestamp,
 )
-from ..stats import median, train_stats
-from .addresses import (
-    enable_receive_timestamps,
-    enable_send_timestamps,
-    kernel_timestamp_ns,
-    resolve,
-    send_timestamp_ns,
-    split_host_port,
-)
+from qiancheng.core.stats import median, train_stats
+
+from .mos import voice_figures
 
 __all__ = ["measure", "StampTrain"]
 

@@ -20,12 +20,12 @@ import struct
 import time
 from collections import Counter
 
-from ..clock import monotonic, wall_ns
-from ..errors import MeasurementError
-from ..result import Result, Target
-from ..settings import TcpSettings
-from ..stats import train_stats
-from .addresses import UNREACHABLE_ERRNOS, resolve, split_host_port
+from qiancheng.core.addresses import UNREACHABLE_ERRNOS, resolve, split_host_port
+from qiancheng.core.clock import monotonic, wall_ns
+from qiancheng.core.errors import MeasurementError
+from qiancheng.core.kind_settings import TcpSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stats import train_stats
 
 __all__ = ["measure"]
 

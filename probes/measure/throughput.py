@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from ..clock import monotonic, wall_ns
-from ..errors import MeasurementError
-from ..result import Result, Target
-from ..settings import ThroughputSettings
-from ..stats import percentile
-from .addresses import resolve, split_host_port
+from qiancheng.core.addresses import resolve, split_host_port
+from qiancheng.core.clock import monotonic, wall_ns
+from qiancheng.core.errors import MeasurementError
+from qiancheng.core.kind_settings import ThroughputSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stats import percentile
+
 from .cdn import cache_facts
 from .loaded import LatencyProbes
 from .progress import Progress, report

@@ -20,8 +20,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import __version__
-from .addresses import UNREACHABLE_ERRNOS
+from qiancheng.core import __version__
+from qiancheng.core.addresses import UNREACHABLE_ERRNOS
+
 from .tcp_info import TcpInfo, tcp_info
 
 __all__ = ["Endpoint", "StreamError", "Stream", "DownloadStream", "UploadStream", "parse_head"]

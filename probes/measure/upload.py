@@ -3,8 +3,9 @@ See throughput.py."""
 
 from __future__ import annotations
 
-from ..result import Result, Target
-from ..settings import UploadSettings
+from qiancheng.core.kind_settings import UploadSettings
+from qiancheng.core.result import Result, Target
+
 from .throughput import measure_throughput
 
 __all__ = ["measure"]

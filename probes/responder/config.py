@@ -14,9 +14,9 @@ import dns.exception
 import dns.name
 import msgspec
 
-from ..configfile import YamlDocument, format_path, load_struct
-from ..errors import ConfigError
-from ..settings import Duration, Size
+from qiancheng.core.configfile import YamlDocument, format_path, load_struct
+from qiancheng.core.errors import ConfigError
+from qiancheng.core.units import Duration, Size
 
 __all__ = [
     "ResponderPorts",

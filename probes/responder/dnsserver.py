@@ -12,7 +12,8 @@ import socket
 import struct
 from typing import cast
 
-from ..logs import kv
+from qiancheng.core.logs import kv
+
 from .dnszone import Zone, answer
 
 __all__ = ["DnsUdpProtocol", "DnsTcpService"]

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import socket
 
-from ..clock import monotonic
-from ..logs import kv
+from qiancheng.core.clock import monotonic
+from qiancheng.core.logs import kv
 
 __all__ = ["EchoService", "EchoProtocol"]
 

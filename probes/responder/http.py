@@ -30,8 +30,9 @@ from typing import Any, BinaryIO, TypeVar
 
 from aiohttp import web
 
-from ..clock import monotonic
-from ..logs import kv
+from qiancheng.core.clock import monotonic
+from qiancheng.core.logs import kv
+
 from .config import ResponderLimits
 
 __all__ = ["TransferSlots", "make_app", "CHUNK_BYTES", "RETRY_AFTER_SECONDS"]

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import msgspec
 from aiohttp import web
 
-from .. import __version__
-from ..errors import ConfigError
-from ..logs import kv, setup
+from qiancheng.core import __version__
+from qiancheng.core.errors import ConfigError
+from qiancheng.core.logs import kv, setup
+
 from .config import ResponderConfig, check_config, load_responder_config
 from .dnsserver import DnsTcpService, DnsUdpProtocol
 from .dnszone import Zone

@@ -23,10 +23,10 @@ import logging
 import socket
 import time
 
-from ..clock import monotonic
-from ..logs import kv
-from ..measure.addresses import enable_receive_timestamps, kernel_timestamp_ns
-from ..stamp_packet import (
+from qiancheng.core.addresses import enable_receive_timestamps, kernel_timestamp_ns
+from qiancheng.core.clock import monotonic
+from qiancheng.core.logs import kv
+from qiancheng.core.stamp_packet import (
     PACKET_BYTES,
     REFLECTOR_TIMESTAMP_OFFSET,
     ErrorEstimate,

@@ -25,9 +25,9 @@ import aiohttp
 import pytest
 
 from qiancheng.collector.auth import hash_token
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.stats import train_stats
-from qiancheng.probes.wire import Batch, encode_batch
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stats import train_stats
+from qiancheng.core.wire import Batch, encode_batch
 from tests.conftest import Processes, free_port, script, wait_tcp
 from tests.integration.helpers import require_tool
 

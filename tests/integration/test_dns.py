@@ -16,10 +16,11 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from qiancheng.core.kind_settings import DnsSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.core.units import Duration
 from qiancheng.probes.measure import run
 from qiancheng.probes.measure.dns import measure, split_host_port
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.settings import DnsSettings, Duration
 from tests.conftest import PYTHON, Processes, free_port, wait_tcp
 
 ZONE = "qiancheng.test."

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.stats import train_stats
-from qiancheng.probes.wire import Batch, encode_batch
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stats import train_stats
+from qiancheng.core.wire import Batch, encode_batch
 from tests.conftest import PYTHON, Processes
 from tests.integration.cache_edge import cache_like_server
 from tests.integration.helpers import Collector, http_get, probe_config, require_root, wait_for

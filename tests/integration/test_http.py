@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from qiancheng.core.kind_settings import HttpSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.core.units import Duration, Size
 from qiancheng.probes.measure import run
 from qiancheng.probes.measure.http import USER_AGENT
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.settings import Duration, HttpSettings, Size
 from tests.conftest import PYTHON, Processes, free_port, wait_tcp
 
 SLOW_SECONDS = 0.05

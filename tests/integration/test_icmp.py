@@ -9,9 +9,10 @@ import subprocess
 
 import pytest
 
+from qiancheng.core.kind_settings import IcmpSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.core.units import Duration
 from qiancheng.probes.measure import run
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.settings import Duration, IcmpSettings
 from tests.integration.helpers import probe_once_json, require_root, require_tool
 
 TRAIN = IcmpSettings(count=20, packet_interval=Duration(0.01), timeout=Duration(0.5))

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from qiancheng.core.kind_settings import IcmpSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.core.units import Duration
 from qiancheng.probes.config import Job
 from qiancheng.probes.measure import icmp, run
-from qiancheng.probes.result import Result, Target
 from qiancheng.probes.scheduler import Scheduler
-from qiancheng.probes.settings import Duration, IcmpSettings
 from tests.integration.helpers import require_root
 
 ONE_ECHO = IcmpSettings(interval=Duration(1.0), count=1, timeout=Duration(0.5))

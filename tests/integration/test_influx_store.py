@@ -11,14 +11,14 @@ import json
 import math
 import signal
 import time
-from collections import Counter
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
-from qiancheng.probes.result import Result, Target
+from qiancheng.core.result import Result, Target
+from qiancheng.core.wire import Batch, encode_batch
 from qiancheng.probes.spool import Spool
-from qiancheng.probes.wire import Batch, encode_batch
 from tests.conftest import PYTHON, Processes
 from tests.integration.helpers import Responder, probe_config, wait_for
 from tests.integration.timeseries import InfluxCollector, VictoriaMetrics

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qiancheng.probes.stamp_packet import ErrorEstimate, build_sender_packet, local_error_estimate
+from qiancheng.core.stamp_packet import ErrorEstimate, build_sender_packet, local_error_estimate
 from tests.conftest import Processes, free_port, has_ipv6_loopback, script, wait_tcp
 
 FIGURES = ("rtt_median_seconds", "forward_delay_median_seconds", "backward_delay_median_seconds",

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from qiancheng.core.kind_settings import TcpSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.core.units import Duration
 from qiancheng.probes.measure import run
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.settings import Duration, TcpSettings
 from tests.conftest import PYTHON, Processes, free_port, wait_tcp
 from tests.integration.helpers import probe_once_json, require_root, require_tool
 

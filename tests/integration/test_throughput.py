@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from probes import measure
-from probes.measure import throughput
-from probes.measure.progress import Progress, progress_callback
-from probes.result import Result, Target
-from probes.settings import DownloadSettings, ThroughputSettings, UploadSettings
+from qiancheng.core.kind_settings import DownloadSettings, ThroughputSettings, UploadSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.probes import measure
+from qiancheng.probes.measure import throughput
+from qiancheng.probes.measure.progress import Progress, progress_callback
 from tests.conftest import PYTHON, Processes, free_port
 from tests.integration.helpers import http_get, require_tool, wait_for
+
 # `responder`: test_responder's module-scoped fixture, one responder with the default limits
 from tests.integration.test_responder import HOST, Responder, responder, start_responder  # noqa: F401
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from qiancheng.probes.stats import percentile
+from qiancheng.core.stats import percentile
 from tests.conftest import PYTHON
 from tests.integration.helpers import require_tool
 from tests.netlab.conftest import PREFIX, fping_samples, probe_once, require_lab_tools
@@ -41,8 +41,9 @@ HOG_CPU = "0"
 HOG_SCRIPT = """
 import asyncio, json, sys, threading, time
 from qiancheng.probes.measure import run
-from qiancheng.probes.result import Target
-from qiancheng.probes.settings import Duration, IcmpSettings
+from qiancheng.core.result import Target
+from qiancheng.core.units import Duration
+from qiancheng.core.kind_settings import IcmpSettings
 
 def busy_thread(stop):
     while not stop.is_set():

@@ -4,7 +4,7 @@ match the figures computed from the relay's own per-packet log within 10 %. fpin
 an identical link in the same run, are put through the same formulas and their error printed beside
 ours (fping prints RTTs of 10 ms and more to 0.1 ms, which alone adds several % to its IPDV).
 
-The truth is computed here, independently of probes/stats.py, from each packet's round trip inside the
+The truth is computed here, independently of core/stats.py, from each packet's round trip inside the
 relay's view (request read → reply written), in the order the requests were sent.
 """
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from qiancheng.probes.stats import percentile
+from qiancheng.core.stats import percentile
 from tests.integration.helpers import require_tool
 from tests.netlab.conftest import PREFIX, require_lab_tools
 from tests.netlab.lab import Lab

@@ -44,7 +44,6 @@ from typing import Any
 
 import pytest
 
-from qiancheng.probes.measure import available_kinds
 from qiancheng.probes.measure.loaded import LatencyProbes
 from tests.conftest import PYTHON, ROOT
 from tests.integration.helpers import require_root, require_tool
@@ -272,8 +271,6 @@ def _fping_during(output: str, begin: float, end: float) -> list[float]:
 @pytest.fixture(scope="module")
 def download_runs(network: Network) -> dict[str, DownloadRun]:
     """`qiancheng-probe once --kind download` from the responder on both queues, with fping beside it."""
-    if "download" not in available_kinds():
-        pytest.skip("this version has no kind download")
     runs = {}
     for name, queue_seconds in (("small", SMALL_QUEUE_SECONDS), ("large", LARGE_QUEUE_SECONDS)):
         network.shape(queue_seconds)

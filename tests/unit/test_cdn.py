@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from qiancheng.core.result import is_figure_name
 from qiancheng.probes.measure.cdn import CACHE_STATUSES, cache_facts
-from qiancheng.probes.result import is_figure_name
 
 Headers = list[tuple[str, str]]
 

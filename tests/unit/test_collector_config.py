@@ -10,7 +10,7 @@ import pytest
 from qiancheng.collector.auth import TokenTable, hash_token
 from qiancheng.collector.config import CollectorConfig, load_collector_config
 from qiancheng.collector.main import main
-from qiancheng.probes.errors import ConfigError
+from qiancheng.core.errors import ConfigError
 
 DATA = Path(__file__).resolve().parent.parent / "testdata"
 ROOT = DATA.parent.parent

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from qiancheng.collector.ingest import Refused, refusal_for_decode_error
-from qiancheng.probes.wire import decode_batch
+from qiancheng.core.wire import decode_batch
 
 GOOD_RESULT = {
     "kind": "icmp",

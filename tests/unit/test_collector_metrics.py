@@ -11,10 +11,17 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qiancheng.collector.live import LABELS, LiveState
-from qiancheng.collector.metrics import FIGURE_COUNTERS, FIGURE_GAUGES, HELP, RTT_BUCKETS, build_registry, new_live_state
+from qiancheng.collector.metrics import (
+    FIGURE_COUNTERS,
+    FIGURE_GAUGES,
+    HELP,
+    RTT_BUCKETS,
+    build_registry,
+    new_live_state,
+)
 from qiancheng.collector.store import ProbeRecord, StoredResult
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.stats import train_stats
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stats import train_stats
 from tests.integration.helpers import require_tool
 
 T0 = 1_790_000_000_000_000_000

@@ -10,9 +10,9 @@ import pytest
 
 from qiancheng.collector.store import StoreError
 from qiancheng.collector.store.sqlite import SCHEMA_VERSION, SqliteStore
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.stats import train_stats
-from qiancheng.probes.wire import Batch
+from qiancheng.core.result import Result, Target
+from qiancheng.core.stats import train_stats
+from qiancheng.core.wire import Batch
 
 T0 = 1_790_000_000_000_000_000
 EDGE = Target(name="edge", address="198.18.0.10", target_class="edge")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from qiancheng.core.errors import ConfigError
+from qiancheng.core.kind_settings import IcmpSettings, TcpSettings
 from qiancheng.probes.config import check_address, load_probe_config, split_host_port
-from qiancheng.probes.errors import ConfigError
-from qiancheng.probes.settings import IcmpSettings, TcpSettings
 
 DATA = Path(__file__).resolve().parent.parent / "testdata"
 ROOT = DATA.parent.parent

@@ -8,8 +8,8 @@ import pytest
 
 from qiancheng.collector.config import load_collector_config
 from qiancheng.collector.store.influx import RECENT_SEQS, _ProbeMemory
-from qiancheng.probes.errors import ConfigError
-from qiancheng.probes.result import Result, Target
+from qiancheng.core.errors import ConfigError
+from qiancheng.core.result import Result, Target
 
 
 def _write(tmp_path: Path, store: str) -> Path:

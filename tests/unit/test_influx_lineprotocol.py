@@ -9,8 +9,8 @@ import pytest
 from influxdb_client.client.write.point import Point
 
 from qiancheng.collector.store.lineprotocol import batch_lines, probe_line, result_line
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.wire import Batch
+from qiancheng.core.result import Result, Target
+from qiancheng.core.wire import Batch
 
 T0 = 1_795_000_000_123_456_789
 

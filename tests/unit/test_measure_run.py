@@ -7,10 +7,11 @@ import math
 
 import pytest
 
+from qiancheng.core.errors import MeasurementError
+from qiancheng.core.kind_settings import KindSettings
+from qiancheng.core.result import Result, Target
+from qiancheng.core.units import Duration
 from qiancheng.probes import measure
-from qiancheng.probes.errors import MeasurementError
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.settings import Duration, KindSettings
 
 TARGET = Target(name="t", address="127.0.0.1")
 SETTINGS = KindSettings(timeout=Duration(0.05))  # max_duration 0.05 s, + the 2 s grace

@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from qiancheng.probes.mos import absolute_delay_impairment, delay_impairment, mos_from_r, r_factor, voice_figures
+from qiancheng.probes.measure.mos import (
+    absolute_delay_impairment,
+    delay_impairment,
+    mos_from_r,
+    r_factor,
+    voice_figures,
+)
 
 
 def test_perfect_path_gives_the_g107_default_rating() -> None:

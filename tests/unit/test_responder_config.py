@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qiancheng.probes.errors import ConfigError
+from qiancheng.core.errors import ConfigError
 from qiancheng.probes.responder.config import (
     DnsZoneConfig,
     ResponderConfig,

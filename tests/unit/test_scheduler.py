@@ -7,10 +7,10 @@ import statistics
 
 import pytest
 
+from qiancheng.core.kind_settings import IcmpSettings, KindSettings, TcpSettings
+from qiancheng.core.result import Result, Target
 from qiancheng.probes.config import Job
-from qiancheng.probes.result import Result, Target
 from qiancheng.probes.scheduler import Scheduler, phase_offset, seconds_until_slot
-from qiancheng.probes.settings import IcmpSettings, KindSettings, TcpSettings
 
 
 def job(name: str, interval: float = 0.05, kind: str = "icmp") -> Job:

@@ -10,10 +10,10 @@ from collections import defaultdict
 
 import pytest
 
+from qiancheng.core.kind_settings import IcmpSettings, KindSettings
+from qiancheng.core.result import Result, Target
 from qiancheng.probes.config import Job
-from qiancheng.probes.result import Result, Target
 from qiancheng.probes.scheduler import WAKEUP_GRID_SECONDS, Scheduler, phase_offset
-from qiancheng.probes.settings import IcmpSettings, KindSettings
 
 INTERVAL = 0.2
 

@@ -22,8 +22,8 @@ from qiancheng.collector.sla.profiles import load_sla_profiles
 from qiancheng.collector.sla.windows import WindowReader
 from qiancheng.collector.store import BatchOutcome, Store, StoreError
 from qiancheng.collector.store.sqlite import _PRUNE_SERIES, SqliteStore
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.wire import Batch, encode_batch
+from qiancheng.core.result import Result, Target
+from qiancheng.core.wire import Batch, encode_batch
 
 S = 1_000_000_000
 NOW = 1_800_000_000 * S

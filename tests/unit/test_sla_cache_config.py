@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from qiancheng.collector.config import load_collector_config
-from qiancheng.probes.errors import ConfigError
+from qiancheng.core.errors import ConfigError
 
 SLA_YAML = Path(__file__).resolve().parents[2] / "configs" / "sla.yaml"
 INFLUX = "influx: {url: 'http://127.0.0.1:8086', bucket: results}"

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from qiancheng.collector.app import make_app
@@ -21,8 +20,8 @@ from qiancheng.collector.sla.judge import Judge, Judgement
 from qiancheng.collector.sla.profiles import load_sla_profiles
 from qiancheng.collector.sla.windows import SERIES_SQL, WINDOW_SQL, WindowReader
 from qiancheng.collector.store.sqlite import SqliteStore
-from qiancheng.probes.result import Result, Target
-from qiancheng.probes.wire import Batch
+from qiancheng.core.result import Result, Target
+from qiancheng.core.wire import Batch
 from tests.integration.helpers import require_tool
 
 S = 1_000_000_000  # ns per second

@@ -9,7 +9,7 @@ import pytest
 from qiancheng.collector.config import load_collector_config
 from qiancheng.collector.main import main
 from qiancheng.collector.sla.profiles import load_sla_profiles
-from qiancheng.probes.errors import ConfigError
+from qiancheng.core.errors import ConfigError
 
 ROOT = Path(__file__).parents[2]
 DATA = ROOT / "tests" / "testdata" / "sla"

@@ -16,9 +16,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from qiancheng.probes.result import Result, Target
+from qiancheng.core.result import Result, Target
+from qiancheng.core.wire import MAX_RESULTS_PER_BATCH
 from qiancheng.probes.spool import PendingBatch, Spool
-from qiancheng.probes.wire import MAX_RESULTS_PER_BATCH
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -284,7 +284,7 @@ async def test_undecodable_payload_is_set_aside_not_blocking(make_spool: Callabl
 _CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from qiancheng.probes.result import Result, Target
+    from qiancheng.core.result import Result, Target
     from qiancheng.probes.spool import Spool
 
     async def main() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from qiancheng.probes.result import Result, Target
+from qiancheng.core.result import Result, Target
 from qiancheng.probes.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ async def test_a_result_that_cannot_be_stored_fails_alone(tmp_path: Path) -> Non
 _CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from qiancheng.probes.result import Result, Target
+    from qiancheng.core.result import Result, Target
     from qiancheng.probes.spool import Spool
 
     async def writer(spool: Spool, index: int) -> None:

@@ -16,7 +16,7 @@ from scapy.contrib.stamp import STAMPSessionReflectorTestUnauthenticated, STAMPS
 from scapy.fields import BitField, ByteField, IntField, LongField, ShortField, StrFixedLenField
 from scapy.packet import Packet
 
-from qiancheng.probes.stamp_packet import (
+from qiancheng.core.stamp_packet import (
     NTP_UNIX_OFFSET_SECONDS,
     PACKET_BYTES,
     ErrorEstimate,

@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from qiancheng.probes.responder.stamp import StampReflector
-from qiancheng.probes.stamp_packet import (
+from qiancheng.core.stamp_packet import (
     ErrorEstimate,
     build_sender_packet,
     ns_from_ntp,
     ntp_from_ns,
     parse_reflector_packet,
 )
+from qiancheng.probes.responder.stamp import StampReflector
 from tests.conftest import has_ipv6_loopback
 
 ESTIMATE = ErrorEstimate(True, 10, 42)

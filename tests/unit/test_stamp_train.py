@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from qiancheng.probes.measure.stamp import StampTrain
-from qiancheng.probes.stamp_packet import (
+from qiancheng.core.stamp_packet import (
     ErrorEstimate,
     ReflectorPacket,
     build_reflector_packet,
     build_sender_packet,
     parse_reflector_packet,
 )
+from qiancheng.probes.measure.stamp import StampTrain
 
 T0 = 1_795_600_000_000_000_000
 MS = 1_000_000

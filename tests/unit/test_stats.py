@@ -8,8 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from qiancheng.probes.result import is_figure_name
-from qiancheng.probes.stats import TrainStats, ipdv, mean_abs_ipdv, median, percentile, train_stats
+from qiancheng.core.result import is_figure_name
+from qiancheng.core.stats import TrainStats, ipdv, mean_abs_ipdv, median, percentile, train_stats
 
 ms = 1e-3
 

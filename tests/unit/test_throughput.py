@@ -9,14 +9,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from probes.cli import main as cli_main
-from probes.config import load_probe_config
-from probes.configfile import decode_hook
-from probes.errors import ConfigError
-from probes.measure.tcp_info import INFINITE_SSTHRESH, parse_tcp_info
-from probes.measure.throughput import Sample, interval_rates, slow_start_over, stream_url, window_figures
-from probes.measure.throughput_streams import StreamError, parse_head
-from probes.settings import DownloadSettings, UploadSettings, throughput_problem
+from qiancheng.core.configfile import decode_hook
+from qiancheng.core.errors import ConfigError
+from qiancheng.core.kind_settings import DownloadSettings, UploadSettings, throughput_problem
+from qiancheng.probes.cli import main as cli_main
+from qiancheng.probes.config import load_probe_config
+from qiancheng.probes.measure.tcp_info import INFINITE_SSTHRESH, parse_tcp_info
+from qiancheng.probes.measure.throughput import Sample, interval_rates, slow_start_over, stream_url, window_figures
+from qiancheng.probes.measure.throughput_streams import StreamError, parse_head
 
 
 def test_slow_start_is_over_when_the_rate_stops_growing() -> None:

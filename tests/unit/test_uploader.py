@@ -17,8 +17,8 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from qiancheng.probes.result import Result, Target
+from qiancheng.core.result import Result, Target
+from qiancheng.core.wire import RESULTS_PATH, Batch, decode_batch
 from qiancheng.probes.spool import Spool
 from qiancheng.probes.uploader import Uploader, backoff_delay, retry_after_seconds
-from qiancheng.probes.wire import RESULTS_PATH, Batch, decode_batch
 from tests.conftest import ROOT, free_port
 
 TOKEN = "s3cret-token-value"
@@ -460,7 +460,7 @@ _PROBE_PROCESS = textwrap.dedent(
     """
     import asyncio, sys
     import aiohttp
-    from qiancheng.probes.result import Result, Target
+    from qiancheng.core.result import Result, Target
     from qiancheng.probes.spool import Spool
     from qiancheng.probes.uploader import Uploader
 

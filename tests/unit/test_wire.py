@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from qiancheng.probes.result import BadKey, Result, Target, failure
-from qiancheng.probes.stats import train_stats
-from qiancheng.probes.wire import MAX_RESULTS_PER_BATCH, Batch, decode_batch, encode_batch
+from qiancheng.core.result import BadKey, Result, Target, failure
+from qiancheng.core.stats import train_stats
+from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, Batch, decode_batch, encode_batch
 
 START_NS = 1_700_000_000_000_000_000
 # msgspec names the root by no path at all, and the mapping of a bad key by "- at `key` in `$.labels`"

@@ -20,10 +20,10 @@ from typing import Any
 
 import msgspec
 
-from qiancheng.probes.configfile import decode_hook
+from qiancheng.core.configfile import decode_hook
+from qiancheng.core.kinds import kind_named
+from qiancheng.core.result import Target
 from qiancheng.probes.measure import run
-from qiancheng.probes.result import Target
-from qiancheng.probes.settings import SETTINGS_BY_KIND
 from tests.netlab.lab import Netns
 
 __all__ = ["ProbeWorker", "RAISED_PRIORITY"]
@@ -77,7 +77,7 @@ async def _serve() -> None:
         if not line.strip():
             continue
         request = decoder.decode(line)
-        settings = msgspec.convert(request.settings, SETTINGS_BY_KIND[request.kind], dec_hook=decode_hook)
+        settings = msgspec.convert(request.settings, kind_named(request.kind).settings, dec_hook=decode_hook)
         result = await run(request.kind, Target(name="target", address=request.target), settings)
         sys.stdout.write(encoder.encode(result).decode() + "\n")
         sys.stdout.flush()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["monotonic", "monotonic_ns", "wall_ns"]
+__all__ = ["monotonic", "wall_ns"]
 
 
 def monotonic() -> float:

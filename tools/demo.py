@@ -28,9 +28,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from .render import results_table
-from .result import Result
-from .spool import Spool
+from qiancheng.core.result import Result
+from qiancheng.probes.render import results_table
+from qiancheng.probes.spool import Spool
 
 __all__ = ["main"]
 

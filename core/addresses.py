@@ -16,7 +16,7 @@ import struct
 from typing import Literal
 from urllib.parse import urlsplit
 
-from ..errors import MeasurementError
+from .errors import MeasurementError
 
 __all__ = [
     "SO_TIMESTAMPING",

@@ -13,16 +13,12 @@ from .errors import QianchengError
 __all__ = [
     "BadKey",
     "FIGURE_PATTERN",
-    "KINDS",
     "REASONS",
     "TARGET_CLASSES",
     "Target",
     "Result",
     "failure",
 ]
-
-#: The measurement kinds of the CLI contract (DESIGN.md); a module in probes/measure/ serves each built one.
-KINDS: Final = ("icmp", "tcp", "dns", "http", "download", "upload", "stamp")
 
 #: Target classes operators use; free-form classes are allowed if they match NAME_PATTERN.
 TARGET_CLASSES: Final = ("edge", "cloud_pool", "cdn", "dns", "national_hub", "regional_hub", "idc")

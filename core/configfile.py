@@ -15,7 +15,7 @@ import msgspec
 import yaml
 
 from .errors import ConfigError
-from .settings import Duration, Size, parse_duration, parse_size
+from .units import Duration, Size, parse_duration, parse_size
 
 __all__ = ["YamlDocument", "load_struct", "decode_hook", "format_path"]
 
