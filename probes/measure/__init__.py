@@ -1,9 +1,10 @@
-"""Measurement kinds: one module per kind, each with `async def measure(target, settings) -> Result`.
+"""Measurement kinds: one module per kind, each with `async def measure(target, settings) -> Outcome`.
 
 Adding a kind means adding its module and one row in the catalogue (qiancheng.core.kinds). Measurement code does no I/O besides
 the measurement itself: no pushing, storing or logging of results. `run()` owns what is common to all
-kinds: an overall deadline, turning any unexpected exception into a failed result, so that nothing a
-target does can stop the scheduler, and running the exclusive kinds (download, upload) one at a time.
+kinds: it stamps kind, target, start time and duration on what a kind found to make the result, keeps
+an overall deadline, turns any unexpected exception into a failed result, so that nothing a target
+does can stop the scheduler, and runs the exclusive kinds (download, upload) one at a time.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from qiancheng.core.kind_settings import KindSettings
 from qiancheng.core.kinds import EXCLUSIVE_KINDS, kind_named
 from qiancheng.core.result import Result, Target, failure
 
-__all__ = ["MeasureFn", "measure_fn", "run"]
+from .outcome import Outcome
 
-MeasureFn = Callable[[Target, KindSettings], Awaitable[Result]]
+__all__ = ["MeasureFn", "Outcome", "measure_fn", "run"]
+
+MeasureFn = Callable[[Target, KindSettings], Awaitable[Outcome]]
 
 # one lock per event loop (asyncio locks are bound to the loop they are first used in)
 _exclusive_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -54,7 +57,7 @@ async def _run(kind: str, target: Target, settings: KindSettings) -> Result:
         function = measure_fn(kind)
         # a timeout scope, not wait_for: on 3.11 wait_for wraps every test in a task of its own
         async with asyncio.timeout(settings.max_duration() + _DEADLINE_GRACE_SECONDS):
-            result = await function(target, settings)
+            outcome = await function(target, settings)
     except MeasurementError as error:
         return failure(kind, target, start_ns, monotonic() - started, error.reason, error.detail)
     except (asyncio.TimeoutError, TimeoutError):
@@ -63,7 +66,19 @@ async def _run(kind: str, target: Target, settings: KindSettings) -> Result:
         return failure(kind, target, start_ns, monotonic() - started, "permission", str(error))
     except Exception as error:  # noqa: BLE001 - a target must never stop the scheduler
         return failure(kind, target, start_ns, monotonic() - started, "error", f"{type(error).__name__}: {error}")
+    duration = monotonic() - started
     # JSON has no NaN or infinity: such a figure would travel as null and be refused by the collector.
-    if bad := sorted(name for name, value in result.figures.items() if not math.isfinite(value)):
-        return failure(kind, target, start_ns, monotonic() - started, "error", f"non-finite figures: {', '.join(bad)}")
-    return result
+    if bad := sorted(name for name, value in outcome.figures.items() if not math.isfinite(value)):
+        return failure(kind, target, start_ns, duration, "error", f"non-finite figures: {', '.join(bad)}")
+    return Result(
+        kind=kind,
+        target=target,
+        start_ns=start_ns,
+        duration_seconds=max(0.0, duration),
+        success=outcome.success,
+        error=outcome.error,
+        detail=outcome.detail[:1024] if outcome.detail else None,
+        figures=outcome.figures,
+        info=outcome.info,
+        samples=outcome.samples,
+    )

@@ -45,14 +45,14 @@ from qiancheng.core.addresses import (
     send_timestamp_ns,
     split_host_port,
 )
-from qiancheng.core.clock import monotonic, wall_ns
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import DnsSettings
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import Target
+
+from .outcome import Outcome
 
 __all__ = ["measure", "split_host_port"]
 
-KIND = "dns"
 
 # EDNS(0) with the 1232-byte payload of DNS flag day 2020, as resolvers and dig use by default, so that
 # answers of usual size are not truncated over UDP.
@@ -241,9 +241,8 @@ def _error_for(error: OSError) -> MeasurementError:
     return MeasurementError("error", f"{type(error).__name__}: {error}")
 
 
-async def measure(target: Target, settings: DnsSettings) -> Result:
+async def measure(target: Target, settings: DnsSettings) -> Outcome:
     """One lookup; figures in seconds and counts, a failed result with a reason when the answer is bad."""
-    start_ns, started = wall_ns(), monotonic()
     host, port, query_name = _names(target, settings)
     rdtype = dns.rdatatype.from_text(settings.query_type)
     try:
@@ -286,12 +285,7 @@ async def measure(target: Target, settings: DnsSettings) -> Result:
     reason = {dns.rcode.NOERROR: None, dns.rcode.NXDOMAIN: "nxdomain", dns.rcode.SERVFAIL: "servfail"}.get(
         rcode, "dns_error"
     )
-    return Result(
-        kind=KIND,
-        target=target,
-        start_ns=start_ns,
-        duration_seconds=max(0.0, monotonic() - started),
-        success=reason is None,
+    return Outcome(
         error=reason,
         detail=None if reason is None else f"{info['rcode']} from {resolver} for {info['query_name']} {settings.query_type}",
         figures=figures,

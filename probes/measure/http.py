@@ -52,17 +52,16 @@ from dataclasses import replace
 import h11
 
 from qiancheng.core import __version__
-from qiancheng.core.clock import monotonic, wall_ns
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import HttpSettings
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import Target
 
 from .cdn import cache_facts
 from .http_phases import Marks, RequestPlan, header_block_end, parse_url, phase_figures, request_headers, response_info
+from .outcome import Outcome
 
 __all__ = ["measure", "USER_AGENT"]
 
-KIND = "http"
 USER_AGENT = f"qiancheng/{__version__}"
 
 _UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
@@ -339,9 +338,8 @@ def _run_in_thread(exchange: _Exchange) -> asyncio.Future[None]:
     return finished
 
 
-async def measure(target: Target, settings: HttpSettings) -> Result:
+async def measure(target: Target, settings: HttpSettings) -> Outcome:
     """One request timed by phase; figures in seconds and bytes, a failed result with a reason otherwise."""
-    start_ns, started = wall_ns(), monotonic()
     url = settings.url or target.address
     try:
         plan = parse_url(url)
@@ -366,12 +364,7 @@ async def measure(target: Target, settings: HttpSettings) -> Result:
     if reason is None and status not in settings.expected_status:
         expected = ", ".join(str(code) for code in settings.expected_status)
         reason, detail = "http_status", f"status {status}, expected {expected}"
-    return Result(
-        kind=KIND,
-        target=target,
-        start_ns=start_ns,
-        duration_seconds=max(0.0, monotonic() - started),
-        success=reason is None,
+    return Outcome(
         error=reason,
         detail=detail[:1024] or None,
         figures=figures,

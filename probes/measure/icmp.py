@@ -41,18 +41,16 @@ from qiancheng.core.addresses import (
     send_timestamp_ns,
     split_host_port,
 )
-from qiancheng.core.clock import monotonic, wall_ns
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import IcmpSettings
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import Target
 from qiancheng.core.stats import train_stats
 
 from .icmp_packet import ECHO_REPLY, build_echo_request, parse_echo_reply, parse_looped_request
 from .mos import voice_figures
+from .outcome import Outcome
 
 __all__ = ["measure"]
-
-KIND = "icmp"
 
 _PROTOCOLS = {socket.AF_INET: socket.IPPROTO_ICMP, socket.AF_INET6: socket.IPPROTO_ICMPV6}
 _VERSIONS = {socket.AF_INET: 4, socket.AF_INET6: 6}
@@ -300,9 +298,8 @@ def _finish(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def measure(target: Target, settings: IcmpSettings) -> Result:
+async def measure(target: Target, settings: IcmpSettings) -> Outcome:
     """One echo train; a result with per-packet samples and train statistics."""
-    start_ns, started = wall_ns(), monotonic()
     try:
         host, _ = split_host_port(target.address, 0)
     except ValueError as error:
@@ -372,12 +369,7 @@ async def measure(target: Target, settings: IcmpSettings) -> Result:
     figures = stats.figures()
     if stats.rtt_median is not None:  # the voice estimate takes half the median RTT as the one-way delay
         figures.update(voice_figures(stats.rtt_median / 2, stats.jitter or 0.0, stats.loss_ratio))
-    return Result(
-        kind=KIND,
-        target=target,
-        start_ns=start_ns,
-        duration_seconds=max(0.0, monotonic() - started),
-        success=reason is None,
+    return Outcome(
         error=reason,
         detail=detail,
         figures=figures,

@@ -47,10 +47,9 @@ from qiancheng.core.addresses import (
     send_timestamp_ns,
     split_host_port,
 )
-from qiancheng.core.clock import monotonic, wall_ns
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import StampSettings
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import Target
 from qiancheng.core.stamp_packet import (
     PACKET_BYTES,
     SENDER_TIMESTAMP_OFFSET,
@@ -69,10 +68,10 @@ from qiancheng.core.stamp_packet import (
 from qiancheng.core.stats import median, train_stats
 
 from .mos import voice_figures
+from .outcome import Outcome
 
 __all__ = ["measure", "StampTrain"]
 
-KIND = "stamp"
 
 _ANCILLARY_BYTES = 256  # SCM_TIMESTAMPNS and IP_TTL / IPV6_HOPLIMIT, with their headers
 _MAX_DATAGRAM = 65_535
@@ -237,9 +236,8 @@ def _open(family: socket.AddressFamily, address: str, port: int) -> tuple[socket
     return sock, send_timestamps
 
 
-async def measure(target: Target, settings: StampSettings) -> Result:
+async def measure(target: Target, settings: StampSettings) -> Outcome:
     """One STAMP train; a result with per-packet round-trip samples and the train's figures."""
-    start_ns, started = wall_ns(), monotonic()
     try:
         host, port = split_host_port(target.address, settings.port)
     except ValueError as error:
@@ -305,12 +303,7 @@ async def measure(target: Target, settings: StampSettings) -> Result:
             detail += f" ({len(send_errors)} not sent: {send_errors[0].strerror or send_errors[0]})"
     elif send_errors:
         info["send_errors"] = f"{len(send_errors)}: {send_errors[0].strerror or send_errors[0]}"
-    return Result(
-        kind=KIND,
-        target=target,
-        start_ns=start_ns,
-        duration_seconds=max(0.0, monotonic() - started),
-        success=reason is None,
+    return Outcome(
         error=reason,
         detail=detail,
         figures=figures,

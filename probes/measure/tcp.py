@@ -21,15 +21,15 @@ import time
 from collections import Counter
 
 from qiancheng.core.addresses import UNREACHABLE_ERRNOS, resolve, split_host_port
-from qiancheng.core.clock import monotonic, wall_ns
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import TcpSettings
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import Target
 from qiancheng.core.stats import train_stats
+
+from .outcome import Outcome
 
 __all__ = ["measure"]
 
-KIND = "tcp"
 
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
@@ -76,9 +76,8 @@ def _why(code: int) -> str:
     return errno.errorcode.get(code, str(code)).lower()
 
 
-async def measure(target: Target, settings: TcpSettings) -> Result:
+async def measure(target: Target, settings: TcpSettings) -> Outcome:
     """One connect train; a result with per-connect samples and train statistics."""
-    start_ns, started = wall_ns(), monotonic()
     try:
         host, port = split_host_port(target.address, settings.port)
     except ValueError as error:
@@ -111,12 +110,7 @@ async def measure(target: Target, settings: TcpSettings) -> Result:
         why = failures.most_common(1)[0][0]
         reason = why if why in ("refused", "unreachable", "timeout") else "error"
         detail = f"no connect to {shown} succeeded: {info['failures']}"
-    return Result(
-        kind=KIND,
-        target=target,
-        start_ns=start_ns,
-        duration_seconds=max(0.0, monotonic() - started),
-        success=reason is None,
+    return Outcome(
         error=reason,
         detail=detail,
         figures=stats.figures(),

@@ -24,18 +24,19 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from qiancheng.core.addresses import resolve, split_host_port
-from qiancheng.core.clock import monotonic, wall_ns
+from qiancheng.core.clock import monotonic
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import ThroughputSettings
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import Target
 from qiancheng.core.stats import percentile
 
 from .cdn import cache_facts
 from .loaded import LatencyProbes
+from .outcome import Outcome
 from .progress import Progress, report
 from .tcp_info import TcpInfo
 from .throughput_streams import DownloadStream, Endpoint, Stream, UploadStream
@@ -332,9 +333,9 @@ def _rtt_us(direction: Direction, info: TcpInfo) -> int:
     return info.rtt_us if direction == "upload" else info.rcv_rtt_us
 
 
-async def measure_throughput(direction: Direction, target: Target, settings: ThroughputSettings) -> Result:
-    """One throughput test; a result with goodput figures, or a MeasurementError saying why not."""
-    start_ns, started = wall_ns(), monotonic()
+async def measure_throughput(direction: Direction, target: Target, settings: ThroughputSettings) -> Outcome:
+    """One throughput test; goodput figures, or a MeasurementError saying why not."""
+    started = monotonic()  # the warm-up and the caps count from here
     url = stream_url(direction, target.address, settings.url, settings.streams, int(settings.max_bytes))
     try:
         endpoint = await _endpoint(url, settings)
@@ -361,10 +362,7 @@ async def measure_throughput(direction: Direction, target: Target, settings: Thr
         cdn_figures, cdn_info = cache_facts(run.streams[0].headers)
         figures.update(cdn_figures)
         info.update(cdn_info)
-    return Result(
-        kind=direction, target=target, start_ns=start_ns, duration_seconds=max(0.0, monotonic() - started),
-        success=True, figures=figures, info=info,
-    )
+    return Outcome(figures=figures, info=info)
 
 
 def _latency_probes(url: str, settings: ThroughputSettings, endpoint: Endpoint) -> LatencyProbes:

@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import pytest
 
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import KindSettings
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import Target
 from qiancheng.core.units import Duration
 from qiancheng.probes import measure
+from qiancheng.probes.measure import Outcome
 
 TARGET = Target(name="t", address="127.0.0.1")
 SETTINGS = KindSettings(timeout=Duration(0.05))  # max_duration 0.05 s, + the 2 s grace
 
 
 def _use(monkeypatch: pytest.MonkeyPatch, behaviour: object) -> None:
-    async def fake(target: Target, settings: KindSettings) -> Result:
+    async def fake(target: Target, settings: KindSettings) -> Outcome:
         if isinstance(behaviour, BaseException):
             raise behaviour
         if behaviour == "hang":
             await asyncio.sleep(60)
-        return Result(kind="tcp", target=target, start_ns=1, duration_seconds=0.0, success=True,
-                      figures={"loss_ratio": 0.0, "rtt_mean_seconds": behaviour})  # type: ignore[dict-item]
+        return Outcome(figures={"loss_ratio": 0.0, "rtt_mean_seconds": behaviour})  # type: ignore[dict-item]
 
     monkeypatch.setattr(measure, "measure_fn", lambda kind: fake)
 
@@ -65,12 +66,12 @@ async def test_exclusive_kinds_run_one_at_a_time_and_wait_outside_their_deadline
     running: set[str] = set()
     overlaps: list[set[str]] = []
 
-    async def fake(target: Target, settings: KindSettings) -> Result:
+    async def fake(target: Target, settings: KindSettings) -> Outcome:
         running.add(target.name)
         overlaps.append(set(running))
         await asyncio.sleep(0.1)
         running.discard(target.name)
-        return Result(kind="x", target=target, start_ns=1, duration_seconds=0.1, success=True)
+        return Outcome()
 
     monkeypatch.setattr(measure, "measure_fn", lambda kind: fake)
     # each test may take 0.1 + 0.05 s; the third exclusive one waits 0.2 s first, which must not count
@@ -83,3 +84,18 @@ async def test_exclusive_kinds_run_one_at_a_time_and_wait_outside_their_deadline
     assert all(len(seen & exclusive) <= 1 for seen in overlaps), overlaps
     # other kinds are not held back: the icmp test ran beside the first exclusive one
     assert any({"i1"} < seen for seen in overlaps), overlaps
+
+
+async def test_run_stamps_kind_target_and_times_on_what_the_kind_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fake(target: Target, settings: KindSettings) -> Outcome:
+        await asyncio.sleep(0.02)
+        return Outcome(figures={"loss_ratio": 1.0}, info={"address": "127.0.0.1"}, samples=[None],
+                       error="loss", detail="x" * 2000)  # fmt: skip
+
+    monkeypatch.setattr(measure, "measure_fn", lambda kind: fake)
+    before = time.time_ns()
+    result = await measure.run("icmp", TARGET, SETTINGS)
+    assert (result.kind, result.target, result.success, result.error) == ("icmp", TARGET, False, "loss")
+    assert before <= result.start_ns <= before + 10_000_000 and 0.02 <= result.duration_seconds < 1.0
+    assert (result.figures, result.info, result.samples) == ({"loss_ratio": 1.0}, {"address": "127.0.0.1"}, [None])
+    assert result.detail == "x" * 1024
