@@ -48,6 +48,7 @@ lint: $(TEST_ENV)
 	ln -sfn ../../../probes build/typecheck/qiancheng/probes
 	ln -sfn ../../../collector build/typecheck/qiancheng/collector
 	cd build/typecheck && MYPYPATH=. $(abspath $(PY)) -m mypy --config-file ../../pyproject.toml --namespace-packages --explicit-package-bases -p qiancheng
+	cd build/typecheck && MYPYPATH=. $(abspath $(PY)) -m mypy --config-file ../../pyproject.toml ../../tools/demo.py
 
 bench: $(BASE_ENV)
 	$(PY) bench/ingest.py

@@ -25,11 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from qiancheng.collector.sla.indicators import Row
 from qiancheng.collector.sla.judge import Judge
 from qiancheng.collector.sla.profiles import load_sla_profiles
-from qiancheng.collector.sla.windows import SERIES_SQL, WINDOW_SQL, SeriesKey, WindowReader
-from qiancheng.collector.store.sqlite import SqliteStore
+from qiancheng.collector.store import SeriesKey, WindowRow
+from qiancheng.collector.store.sqlite import SERIES_SQL, WINDOW_SQL, SqliteStore
 from qiancheng.core.result import Result, Target
 from qiancheng.core.stats import train_stats
 from qiancheng.core.wire import Batch
@@ -73,7 +72,7 @@ async def fill(path: Path, probes: int, targets: int, history_hours: float, now_
 
 
 def read_unindexed(path: Path, since_ns: int, until_ns: int, series: int) -> int:
-    """The same reads as WindowReader for the first `series` series, with the index forbidden; rows read."""
+    """The same reads as SqliteStore.windows for the first `series` series, with the index forbidden; rows read."""
     sql = WINDOW_SQL.replace("FROM results", "FROM results NOT INDEXED")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -101,11 +100,11 @@ async def main() -> None:
         print(f"store: {stored} results in {args.probes * args.targets} series "
               f"({args.history_hours:g} h history + the judged hour), filled in {time.perf_counter() - started:.0f} s")  # fmt: skip
         judge = Judge(load_sla_profiles(ROOT / "configs" / "sla.yaml"), [300.0, 3600.0], 3, 3)
-        reader = WindowReader(str(path))
+        reader = await SqliteStore.open(str(path))
         try:
             since = now_ns - 3600 * S
             started = time.perf_counter()
-            data = await reader.read(since, now_ns)
+            data = await reader.windows(since, now_ns)
             read_seconds = time.perf_counter() - started
             started = time.perf_counter()
             judgements = judge.judge(data, now_ns)
@@ -118,7 +117,7 @@ async def main() -> None:
         peer_rows = read_unindexed(path, since, now_ns, peer_count)
         peer_seconds = time.perf_counter() - started
         assert peer_rows == sum(len(r) for _, r in data[:peer_count]), peer_rows
-        samples = sum(len(row.samples) for _, r in data for row in r if isinstance(row, Row))
+        samples = sum(len(row.samples) for _, r in data for row in r if isinstance(row, WindowRow))
         print(f"one pass: {len(data)} series, {rows} results ({samples} samples) in the 1 h window, "
               f"{len(judgements)} objectives judged")  # fmt: skip
         print(f"  read (indexed)   {read_seconds * 1000:8.1f} ms")

@@ -18,16 +18,15 @@ from qiancheng.core.logs import kv
 from qiancheng.core.wire import RESULTS_PATH
 
 from . import __version__
-from .api import ErrorBody, Health, LatestEntry, LatestResponse, ProbeSummary, Totals, encode
 from .auth import TokenTable
+from .bodies import ErrorBody, Health, LatestResponse, Totals, encode
 from .config import CollectorConfig, StoreConfig
-from .ingest import Ingest
+from .ingest import INGEST_KEY, Ingest
 from .live import LiveState
 from .metrics import build_registry, new_live_state
 from .openapi import HEALTH_PATH, LATEST_PATH, METRICS_PATH, OPENAPI_PATH, openapi_document
-from .sla.cache import WindowCache
-from .sla.service import CACHE_KEY, install_sla
-from .store import Store, StoreError, open_store
+from .sla.service import install_sla
+from .store import STORE_KEY, Store, StoreError, open_store
 
 __all__ = [
     "CONFIG_KEY",
@@ -45,8 +44,6 @@ StoreOpener = Callable[[StoreConfig], Awaitable[Store]]
 CONFIG_KEY = web.AppKey("config", CollectorConfig)
 STATE_KEY = web.AppKey("state", LiveState)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
-STORE_KEY = web.AppKey("store", Store)  # any backend satisfying the Protocol
-INGEST_KEY = web.AppKey("ingest", Ingest)
 _OPENAPI_KEY = web.AppKey("openapi", bytes)
 _STARTED_KEY = web.AppKey("started", float)
 
@@ -89,27 +86,19 @@ async def _json_errors(
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Open the store (and the SLA window cache, if any), rebuild the live state from it, serve; on stop,
-    let pending commits finish and close."""
+    """Open the store, rebuild the live state from it, serve; on stop, let pending commits finish and close."""
     config = app[CONFIG_KEY]
     seams = app[_SEAMS_KEY]
     store = await seams.store_opener(config.store)
-    cache: WindowCache | None = None
     try:
-        if config.sla.cache:  # set when the judgement cannot read the store itself (backend influx)
-            cache = await WindowCache.open(config.sla.cache, max(config.sla.windows), seams.clock())
-            app[CACHE_KEY] = cache
         allowed = {probe.id for probe in config.probes}
         app[STATE_KEY].restore(await store.latest(), await store.probes(), allowed)
         app[STORE_KEY] = store
-        app[INGEST_KEY] = Ingest(TokenTable(config.probes), store, app[STATE_KEY], config.limits, seams.clock,
-                                 after_store=cache.add if cache is not None else None)  # fmt: skip
+        app[INGEST_KEY] = Ingest(TokenTable(config.probes), store, app[STATE_KEY], config.limits, seams.clock)
         log.info(kv("store_opened", backend=store.backend, path=config.store.location,
                     series=len(app[STATE_KEY].series), probes=len(app[STATE_KEY].probes)))  # fmt: skip
         yield
     finally:
-        if cache is not None:
-            await cache.close()
         await store.close()
         log.info(kv("store_closed", backend=store.backend))
 
@@ -150,17 +139,8 @@ async def _latest(request: web.Request) -> web.Response:
         log.error(kv("store_read_failed", error=error))
         return _json(encode(ErrorBody(error="the store cannot be read")), 503)
     body = LatestResponse(
-        results=[
-            LatestEntry(probe=s.probe_id, city=s.city, isp=s.isp, received_ns=s.received_ns, result=s.result)
-            for s in latest
-        ],
-        probes=[
-            ProbeSummary(
-                probe=p.probe_id, city=p.city, isp=p.isp, labels=p.labels, stats=p.stats,
-                last_seen_ns=p.last_seen_ns, batches=p.batches, results=p.results,
-            )
-            for p in probes
-        ],  # fmt: skip
+        results=latest,
+        probes=probes,
         totals=Totals(results=sum(p.results for p in probes), batches=sum(p.batches for p in probes)),
     )
     return _json(encode(body))
@@ -191,5 +171,5 @@ def make_app(
     app.router.add_get(HEALTH_PATH, _health)
     app.router.add_get(LATEST_PATH, _latest)
     app.router.add_get(OPENAPI_PATH, _openapi)
-    install_sla(app, config, app[REGISTRY_KEY], clock)  # after the store's ctx: judging reads the open store
+    install_sla(app, config, app[REGISTRY_KEY], clock)  # after the store's ctx: judging needs the open store
     return app

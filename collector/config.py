@@ -17,7 +17,7 @@ from qiancheng.core.result import NAME_PATTERN
 from qiancheng.core.units import Duration, Size
 from qiancheng.core.wire import MAX_RESULTS_PER_BATCH
 
-from .sla.profiles import load_sla_profiles
+from .sla.settings import SlaConfig, check_sla_section
 
 __all__ = [
     "DEFAULT_PORT",
@@ -101,23 +101,6 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     series_ttl: Duration = Duration(3600.0)
 
 
-class SlaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """SLA judgement (docs/sla.md): the profiles file, the sliding windows, how often, and the hysteresis."""
-
-    #: sla.yaml, relative to this config's directory; empty: no judgement
-    profiles: str = ""
-    #: backend influx only: the SQLite file of recent results the judgement reads, relative to this
-    #: config's directory; empty: sla-cache.db in store.path's directory
-    cache: str = ""
-    #: sliding windows over the stored results; the first one judges, the others are reported
-    windows: tuple[Duration, ...] = (Duration(300.0), Duration(3600.0))
-    #: one judgement pass every `interval`
-    interval: Duration = Duration(60.0)
-    #: a breach opens after this many consecutive bad windows, and closes after `close_after` good ones
-    open_after: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
-    close_after: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
-
-
 class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole collector config file."""
 
@@ -178,39 +161,5 @@ def load_collector_config(file: str | Path) -> tuple[CollectorConfig, YamlDocume
     """
     config, document = load_struct(file, CollectorConfig)
     _check(config, document)
-    return _with_sla_profiles(config, document), document
-
-
-def _with_sla_profiles(config: CollectorConfig, document: YamlDocument) -> CollectorConfig:
-    """Check the SLA section and its profiles file now (its errors name sla.yaml's own lines); the path
-    is made absolute, relative to the directory of the config that names it."""
-    sla = config.sla
-    if not sla.windows:
-        raise document.error(("sla", "windows"), "give at least one window, e.g. [5m, 1h]")
-    for index, window in enumerate(sla.windows):
-        if window < 1.0:
-            raise document.error(("sla", "windows", index), "a window must be at least 1s")
-    if sla.interval < 0.1:
-        raise document.error(("sla", "interval"), "must be at least 100ms")
-    if not sla.profiles:  # no judgement, no window cache
-        return msgspec.structs.replace(config, sla=msgspec.structs.replace(sla, cache=""))
-    path = Path(document.file).parent / sla.profiles
-    load_sla_profiles(path)
-    sla = msgspec.structs.replace(sla, profiles=str(path.resolve()), cache=_sla_cache(config, document))
-    return msgspec.structs.replace(config, sla=sla)
-
-
-def _sla_cache(config: CollectorConfig, document: YamlDocument) -> str:
-    """The window cache's absolute path with backend influx (judgement reads it, docs/sla.md); empty with
-    sqlite, whose store the judgement reads itself."""
-    if config.store.backend == "sqlite":
-        return ""
-    given = config.sla.cache
-    cache = (Path(document.file).parent / given if given else Path(config.store.path).parent / "sla-cache.db").resolve()
-    field = ("sla", "cache") if given else ("sla", "profiles")
-    if not cache.parent.is_dir():
-        raise document.error(field, f"the SLA window cache's directory {str(cache.parent)!r} does not exist"
-                             + ("" if given else " (set sla.cache)"))  # fmt: skip
-    if cache == Path(config.store.path).resolve():
-        raise document.error(field, "the SLA window cache is pruned to the last windows: give it its own file, not store.path")
-    return str(cache)
+    sla = check_sla_section(config.sla, config.store.backend, config.store.path, document)
+    return msgspec.structs.replace(config, sla=sla), document

@@ -39,14 +39,14 @@ from qiancheng.core.errors import QianchengError
 from qiancheng.core.logs import kv
 from qiancheng.core.wire import Batch, decode_batch
 
-from .api import Ack, ErrorBody, encode
 from .auth import TokenTable
+from .bodies import Ack, ErrorBody, encode
 from .body import BadEncoding, BodyTooLarge, read_bounded
 from .config import LimitsConfig
 from .live import LiveState
 from .store import BatchOutcome, Store, StoreError
 
-__all__ = ["Refused", "refusal_for_decode_error", "Ingest", "AfterStore", "RETRY_AFTER_SECONDS"]
+__all__ = ["Refused", "refusal_for_decode_error", "Ingest", "INGEST_KEY", "AfterStore", "RETRY_AFTER_SECONDS"]
 
 log = logging.getLogger("qiancheng.collector.ingest")
 
@@ -130,14 +130,14 @@ class Ingest:
         state: LiveState,
         limits: LimitsConfig,
         clock: Callable[[], int] = wall_ns,
-        after_store: AfterStore | None = None,
     ) -> None:
         self._tokens = tokens
         self._store = store
         self._state = state
         self._limits = limits
         self._clock = clock
-        self._after_store = after_store
+        #: called with every batch after its commit (duplicates too), before the probe is answered
+        self.after_store: list[AfterStore] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         """The aiohttp handler; refusals become JSON, anything else propagates (a bug: 500)."""
@@ -221,9 +221,9 @@ class Ingest:
         outcome = await self._store.store_batch(batch, received_ns)
         state = self._state
         state.observe_commit(time.perf_counter() - started)
-        if self._after_store is not None:
-            # every time, duplicates too: a retried batch fills what an earlier failed cache write missed
-            await self._after_store(batch, received_ns)
+        # every time, duplicates too: a retried batch fills what an earlier failed cache write missed
+        for after_store in self.after_store:
+            await after_store(batch, received_ns)
         if batch.probe_id not in state.probes:
             log.info(kv("probe_seen", probe=batch.probe_id, city=batch.city, isp=batch.isp))
         state.saw_probe(batch.probe_id, batch.city, batch.isp, batch.labels, batch.stats, received_ns)
@@ -250,3 +250,7 @@ class Ingest:
         # no headers are logged: the Authorization header is a secret
         log.warning(kv("batch_refused", status=status, reason=reason, field=field or "-", probe=probe or "-",
                        remote=request.remote or "-"))  # fmt: skip
+
+
+#: the application's ingest endpoint, made once the store is open
+INGEST_KEY = web.AppKey("ingest", Ingest)

@@ -8,7 +8,7 @@ import msgspec
 
 from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, RESULTS_PATH, Batch
 
-from .api import Ack, ErrorBody, Health, LatestResponse, SlaResponse
+from .bodies import Ack, ErrorBody, Health, LatestResponse, SlaResponse
 
 __all__ = ["OPENAPI_PATH", "LATEST_PATH", "SLA_PATH", "HEALTH_PATH", "METRICS_PATH", "openapi_document"]
 

@@ -20,7 +20,6 @@ import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
@@ -30,6 +29,7 @@ import msgspec
 from qiancheng.core.clock import monotonic, wall_ns
 from qiancheng.core.logs import kv
 from qiancheng.core.result import Result
+from qiancheng.core.sqlite_thread import SqliteThread
 from qiancheng.core.wire import MAX_RESULTS_PER_BATCH
 
 __all__ = ["Spool", "SpoolCounters", "PendingBatch", "new_batch_id"]
@@ -149,17 +149,14 @@ class Spool:
         # Results waiting for the next group commit, each with the future its add() awaits.
         self._pending: list[tuple[Result, asyncio.Future[int]]] = []
         self._committer: asyncio.Task[None] | None = None
-        # All SQLite work runs on this one thread: a commit with synchronous=FULL waits for fsync
-        # (milliseconds on SSD, up to hundreds on an SD card), which must never stall the event loop;
-        # one thread also means one connection, so writes never contend with each other.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qiancheng-spool")
-        self._db: sqlite3.Connection | None = None
+        # All SQLite work runs on the spool's one connection thread, never on the event loop.
+        self._sqlite = SqliteThread("qiancheng-spool")
         # Opening blocks the caller once, at start, for a few milliseconds; errors surface here.
         try:
-            self._executor.submit(self._open).result()
+            self._sqlite.open_now(self._connect)
         except BaseException:
             self._closed = True
-            self._executor.shutdown(wait=False)
+            self._sqlite.abandon()
             raise
 
     # ------------------------------------------------------------------ public, async
@@ -213,11 +210,11 @@ class Spool:
         self._closed = True
         group, self._pending = self._pending, []
         if group:
-            _settle(group, self._executor.submit(self._add_group, [result for result, _ in group]).result())
-        # A group already on the spool thread commits before _close runs there; the committer task then
-        # hands out its seqs and ends, seeing the spool closed.
-        self._executor.submit(self._close).result()
-        self._executor.shutdown(wait=True)
+            _settle(group, self._sqlite.call(lambda: self._add_group([result for result, _ in group])))
+        # A group already on the spool thread commits before the connection closes there; the committer
+        # task then hands out its seqs and ends, seeing the spool closed.
+        self._sqlite.call(lambda: self._log_drops(force=True))
+        self._sqlite.close_now()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -243,16 +240,14 @@ class Spool:
     async def _call(self, function: Callable[..., _T], *args: object) -> _T:
         if self._closed:
             raise RuntimeError(f"spool {self.path} is closed")
-        loop = asyncio.get_running_loop()
         # If the awaiting task is cancelled, work already started still completes on the thread, and
         # every operation is one transaction, so the spool stays consistent.
-        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+        return await self._sqlite.run(functools.partial(function, *args))
 
     def _conn(self) -> sqlite3.Connection:
-        assert self._db is not None, "spool used before open"
-        return self._db
+        return self._sqlite.db
 
-    def _open(self) -> None:
+    def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -272,13 +267,7 @@ class Spool:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (self._first_seq - 1,))
             elif version != SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: spool schema {version}, this probe reads {SCHEMA_VERSION}")
-        self._db = db
-
-    def _close(self) -> None:
-        self._log_drops(force=True)
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        return db
 
     # ------------------------------------------------------------------ on the spool thread
 

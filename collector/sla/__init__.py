@@ -2,6 +2,6 @@
 breach state with hysteresis, and its exposition as metrics and JSON.
 
 Modules: `indicators` (pure statistics over a window's results), `profiles` (sla.yaml in, validated),
-`breach` (the hysteresis state machine), `windows` (indexed reads of a series' recent results),
+`breach` (the hysteresis state machine), `cache` (the recent results a collector on InfluxDB judges from),
 `judge` (one judgement pass and the periodic task), `exposition` (Prometheus families).
 """

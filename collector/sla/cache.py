@@ -1,9 +1,9 @@
 """The SLA window cache: the recent results a collector on the influx backend judges SLAs from.
 
 InfluxDB keeps the history; judging needs every raw result of the last hour per series, read often
-and cheaply. So the collector also writes each accepted batch into a local SQLite file with the
-store's own schema (`SqliteStore`), where `windows.WindowReader` reads it exactly as it reads a
-SQLite store, and a periodic task prunes what no window can reach any more.
+and cheaply. So the SLA service keeps a local SQLite file with the store's own schema (`SqliteStore`),
+writes each accepted batch into it after the store, reads its windows exactly as it reads a SQLite
+store's, and prunes what no window can reach any more.
 
 The InfluxDB write decides the acknowledgement; the cache write comes after it and never fails a
 batch. What the cache cannot vouch for is judged as no data, never as a pass or a breach:
@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from qiancheng.core.logs import kv
 from qiancheng.core.wire import Batch
 
-from ..store import StoreError
+from ..store import SeriesWindow, StoreError
 from ..store.sqlite import SqliteStore
 
 __all__ = ["PRUNE_MARGIN_SECONDS", "PRUNE_EVERY_SECONDS", "WindowCache", "CacheCollector"]
@@ -89,6 +89,10 @@ class WindowCache:
             self.complete_since_ns = max(self.complete_since_ns, received_ns)
             log.warning(kv("sla_cache_write_failed", probe=batch.probe_id, batch=batch.batch_id,
                            results=len(batch.results), error=error))  # fmt: skip
+
+    async def windows(self, since_ns: int, until_ns: int) -> list[SeriesWindow]:
+        """The cached results of every series in [since_ns, until_ns] (a `WindowSource`)."""
+        return await self.store.windows(since_ns, until_ns)
 
     async def prune(self, now_ns: int) -> int:
         """Delete results older than the longest window plus the margin; returns how many."""

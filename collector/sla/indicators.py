@@ -15,8 +15,9 @@ from typing import Final, Literal
 from qiancheng.core.kinds import kinds_with
 from qiancheng.core.stats import median, percentile
 
+from ..records import WindowRow
+
 __all__ = [
-    "Row",
     "Unit",
     "Bound",
     "Indicator",
@@ -38,16 +39,6 @@ THROUGHPUT_FIGURE: Final = "throughput_bits_per_second"
 
 
 @dataclass(frozen=True, slots=True)
-class Row:
-    """One stored result as the indicators see it: when, whether it succeeded, its figures and samples."""
-
-    start_ns: int
-    success: bool
-    figures: dict[str, float]
-    samples: list[float | None]
-
-
-@dataclass(frozen=True, slots=True)
 class Indicator:
     """A named indicator: its unit, which bound makes sense, the kinds it reads, and how it is computed."""
 
@@ -55,23 +46,23 @@ class Indicator:
     unit: Unit
     bound: Bound
     kinds: tuple[str, ...] | None  # None: results of any kind
-    compute: Callable[[Sequence[Row]], float | None]
+    compute: Callable[[Sequence[WindowRow]], float | None]
     meaning: str
 
 
-def _rtts(rows: Sequence[Row]) -> list[float]:
+def _rtts(rows: Sequence[WindowRow]) -> list[float]:
     return [s for row in rows for s in row.samples if s is not None]
 
 
-def _rtt_quantile(q: float) -> Callable[[Sequence[Row]], float | None]:
-    def compute(rows: Sequence[Row]) -> float | None:
+def _rtt_quantile(q: float) -> Callable[[Sequence[WindowRow]], float | None]:
+    def compute(rows: Sequence[WindowRow]) -> float | None:
         values = _rtts(rows)
         return percentile(values, q) if values else None
 
     return compute
 
 
-def jitter(rows: Sequence[Row]) -> float | None:
+def jitter(rows: Sequence[WindowRow]) -> float | None:
     """Mean absolute IPDV (RFC 3393) over every consecutive received pair within each test, seconds."""
     total, pairs = 0.0, 0
     for row in rows:
@@ -82,7 +73,7 @@ def jitter(rows: Sequence[Row]) -> float | None:
     return total / pairs if pairs else None
 
 
-def pdv(rows: Sequence[Row]) -> float | None:
+def pdv(rows: Sequence[WindowRow]) -> float | None:
     """RFC 5481 PDV: the 99th percentile of each RTT minus the window's minimum RTT, seconds."""
     values = _rtts(rows)
     if not values:
@@ -91,7 +82,7 @@ def pdv(rows: Sequence[Row]) -> float | None:
     return percentile([v - low for v in values], 99)
 
 
-def loss(rows: Sequence[Row]) -> float | None:
+def loss(rows: Sequence[WindowRow]) -> float | None:
     """Packets with no reply within the timeout / packets sent, over the window (RFC 7680), 0..1."""
     sent = received = 0.0
     for row in rows:
@@ -105,13 +96,13 @@ def loss(rows: Sequence[Row]) -> float | None:
     return (sent - received) / sent if sent else None
 
 
-def availability(rows: Sequence[Row]) -> float | None:
+def availability(rows: Sequence[WindowRow]) -> float | None:
     """Successful tests / tests in the window, 0..1."""
     return sum(1 for row in rows if row.success) / len(rows) if rows else None
 
 
-def _figure_median(figure: str) -> Callable[[Sequence[Row]], float | None]:
-    def compute(rows: Sequence[Row]) -> float | None:
+def _figure_median(figure: str) -> Callable[[Sequence[WindowRow]], float | None]:
+    def compute(rows: Sequence[WindowRow]) -> float | None:
         values = [row.figures[figure] for row in rows if row.success and figure in row.figures]
         return median(values) if values else None
 

@@ -1,7 +1,7 @@
 """One judgement pass over every series, and the periodic task that runs it.
 
-A pass reads the results inside the longest window for each series (one indexed range scan each,
-`windows.WindowReader`), computes every objective's indicator over each window, and steps the breach
+A pass reads the results inside the longest window for each series from a `WindowSource` (the
+SQLite store, or the window cache; one indexed range scan each), computes every objective's indicator over each window, and steps the breach
 state with the verdict of the first (judging) window. The outcome is kept as a list of `Judgement`s
 for /metrics and GET /api/v1/sla.
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
@@ -21,10 +20,10 @@ from dataclasses import dataclass
 
 from qiancheng.core.logs import kv
 
+from ..records import SeriesKey, WindowRow
+from ..store import StoreError, WindowSource
 from .breach import BreachState, step
-from .indicators import Row
 from .profiles import Objective, Profile, SlaProfiles
-from .windows import SeriesKey, WindowReader
 
 __all__ = ["WindowValue", "Judgement", "Judge", "window_name"]
 
@@ -84,11 +83,11 @@ class Judge:
         return max(self.windows)
 
     def judge(
-        self, data: Iterable[tuple[SeriesKey, Sequence[Row]]], now_ns: int, complete_since_ns: int = 0
+        self, data: Iterable[tuple[SeriesKey, Sequence[WindowRow]]], now_ns: int, complete_since_ns: int = 0
     ) -> list[Judgement]:
         """One pass over `data` (each series with its rows oldest first, covering the longest window);
         windows starting before `complete_since_ns` have no value."""
-        targets: dict[tuple[str, str], list[tuple[SeriesKey, Sequence[Row]]]] = {}
+        targets: dict[tuple[str, str], list[tuple[SeriesKey, Sequence[WindowRow]]]] = {}
         for key, rows in data:
             targets.setdefault((key.probe, key.target), []).append((key, rows))
         judgements: list[Judgement] = []
@@ -109,8 +108,8 @@ class Judge:
 
     @staticmethod
     def _units(
-        series: list[tuple[SeriesKey, Sequence[Row]]], objective: Objective
-    ) -> list[tuple[SeriesKey, Sequence[Row]]]:
+        series: list[tuple[SeriesKey, Sequence[WindowRow]]], objective: Objective
+    ) -> list[tuple[SeriesKey, Sequence[WindowRow]]]:
         """The series of one target that an objective reads; one empty series (no data) if none is measured."""
         kinds = objective.indicator.kinds
         units = [(key, rows) for key, rows in series if kinds is None or key.kind in kinds]
@@ -122,7 +121,7 @@ class Judge:
         return [(SeriesKey(first.probe, first.city, first.isp, first.target, first.target_class, kind), ())]
 
     def _judge_unit(
-        self, key: SeriesKey, rows: Sequence[Row], profile: Profile, objective: Objective, now_ns: int,
+        self, key: SeriesKey, rows: Sequence[WindowRow], profile: Profile, objective: Objective, now_ns: int,
         complete_since_ns: int,
     ) -> Judgement:  # fmt: skip
         starts = [row.start_ns for row in rows]
@@ -139,16 +138,16 @@ class Judge:
         return Judgement(key, profile, objective, tuple(values), state)
 
     async def run(
-        self, reader: WindowReader, clock: Callable[[], int], interval: float, complete_since: Callable[[], int] = lambda: 0
+        self, source: WindowSource, clock: Callable[[], int], interval: float, complete_since: Callable[[], int] = lambda: 0
     ) -> None:
         """Judge every `interval` seconds until cancelled; a failed read is logged and the pass skipped.
-        `complete_since()`: from when the reader holds every result (UTC ns; 0: a store holds all)."""
+        `complete_since()`: from when the source holds every result (UTC ns; 0: a store holds all)."""
         while True:
             started = time.monotonic()
             now_ns = clock()
             try:
-                data = await reader.read(now_ns - int(self.horizon_seconds * 1e9), now_ns)
-            except sqlite3.Error as error:
+                data = await source.windows(now_ns - int(self.horizon_seconds * 1e9), now_ns)
+            except StoreError as error:
                 log.warning(kv("sla_read_failed", error=error))
             else:
                 since_ns = complete_since()  # after the read: a cache write that failed during it counts

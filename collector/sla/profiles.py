@@ -183,8 +183,29 @@ def _assignment(index: int, entry: _AssignEntry, profiles: Mapping[str, Profile]
     return Assignment(profiles=tuple(entry.profiles), match=tuple(match))
 
 
+# The profiles of each file as last parsed, with the file's identity then: the config check parses
+# sla.yaml before anything starts and the judgement takes the same profiles when it starts, so the
+# file is parsed once (again only if it changed in between).
+_parsed: dict[Path, tuple[tuple[int, int, int], SlaProfiles]] = {}
+
+
 def load_sla_profiles(file: str | Path) -> SlaProfiles:
     """Read and validate sla.yaml; raises ConfigError naming file, line, field and reason."""
+    path = Path(file).resolve()
+    try:
+        stat = path.stat()
+        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        identity = None  # load_struct names the file and why it cannot be read
+    if identity is not None and (known := _parsed.get(path)) is not None and known[0] == identity:
+        return known[1]
+    profiles = _parse(file)
+    if identity is not None:
+        _parsed[path] = (identity, profiles)
+    return profiles
+
+
+def _parse(file: str | Path) -> SlaProfiles:
     raw, document = load_struct(file, _SlaFile)
     profiles: dict[str, Profile] = {}
     for name, entry in raw.profiles.items():

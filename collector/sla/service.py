@@ -1,8 +1,8 @@
 """The SLA judgement inside the collector: the periodic pass, its metrics, and GET /api/v1/sla.
 
 `install_sla` wires it into the app; the pass starts once the store is open (cleanup_ctx order) and
-stops before it closes. It reads the SQLite store, or with backend influx the window cache the app
-opened with the store (`CACHE_KEY`), which it also prunes.
+stops before it closes. It reads the SQLite store's windows, or with backend influx those of its own
+window cache, which it opens, fills after each stored batch, prunes and closes.
 """
 
 from __future__ import annotations
@@ -18,21 +18,21 @@ from prometheus_client import CollectorRegistry
 
 from qiancheng.core.logs import kv
 
-from ..api import ErrorBody, SlaObjective, SlaResponse, SlaWindow, encode
+from ..bodies import ErrorBody, SlaObjective, SlaResponse, SlaWindow, encode
 from ..config import CollectorConfig
+from ..ingest import INGEST_KEY
 from ..openapi import SLA_PATH
+from ..store import STORE_KEY, Store, StoreError, WindowSource
 from .cache import CacheCollector, WindowCache
 from .exposition import SlaCollector
 from .judge import Judge, Judgement, window_name
 from .profiles import load_sla_profiles
-from .windows import WindowReader
 
-__all__ = ["SLA_KEY", "CACHE_KEY", "SLA_FILTERS", "install_sla", "objective_body"]
+__all__ = ["SLA_KEY", "SLA_FILTERS", "install_sla", "objective_body"]
 
 log = logging.getLogger("qiancheng.collector.sla")
 
 SLA_KEY = web.AppKey("sla", Judge)
-CACHE_KEY = web.AppKey("sla_cache", WindowCache)
 #: query parameters of GET /api/v1/sla, each an exact match on the objective's label
 SLA_FILTERS: Final = ("city", "isp", "probe", "target", "profile")
 
@@ -41,8 +41,7 @@ def objective_body(judgement: Judgement) -> SlaObjective:
     """The JSON form of one judgement."""
     key, objective, state = judgement.series, judgement.objective, judgement.state
     return SlaObjective(
-        probe=key.probe, city=key.city, isp=key.isp, target=key.target, target_class=key.target_class,
-        kind=key.kind, profile=judgement.profile.name, indicator=objective.name, measures=objective.indicator.name,
+        **key.labels(), profile=judgement.profile.name, indicator=objective.name, measures=objective.indicator.name,
         unit=objective.indicator.unit, bound=objective.indicator.bound, threshold=objective.threshold,
         status=state.status, since_ns=state.since_ns, bad_streak=state.bad_streak, good_streak=state.good_streak,
         windows=[SlaWindow(window=window_name(w.seconds), seconds=w.seconds, value=w.value, results=w.results)
@@ -77,6 +76,31 @@ async def _not_configured(request: web.Request) -> web.Response:
     return _refuse(404, "SLA judgement is not configured (collector config: sla.profiles)")
 
 
+def _store_windows(store: Store) -> WindowSource:
+    """The store itself, when it can serve windows (SQLite); the config check gives the others a cache."""
+    if not isinstance(store, WindowSource):
+        raise StoreError(f"the {store.backend} store cannot serve SLA windows and no sla.cache is set")
+    return store
+
+
+@contextlib.asynccontextmanager
+async def _window_cache(
+    app: web.Application, path: str, keep_seconds: float, registry: CollectorRegistry, clock: Callable[[], int]
+) -> AsyncIterator[WindowCache]:
+    """The judgement's own window cache, open, written after every stored batch and on /metrics."""
+    cache = await WindowCache.open(path, keep_seconds, clock())
+    ingest = app[INGEST_KEY]
+    collector = CacheCollector(cache)
+    ingest.after_store.append(cache.add)
+    registry.register(collector)
+    try:
+        yield cache
+    finally:
+        registry.unregister(collector)
+        ingest.after_store.remove(cache.add)
+        await cache.close()
+
+
 def install_sla(app: web.Application, config: CollectorConfig, registry: CollectorRegistry, clock: Callable[[], int]) -> None:
     """Add GET /api/v1/sla and, when sla.profiles is set, the judgement pass and its metrics."""
     sla = config.sla
@@ -88,31 +112,29 @@ def install_sla(app: web.Application, config: CollectorConfig, registry: Collect
     registry.register(SlaCollector(judge))
 
     async def judging(app: web.Application) -> AsyncIterator[None]:
-        cache = app.get(CACHE_KEY)
-        tasks: list[asyncio.Task[None]] = []
-        if cache is None:
-            reader = WindowReader(config.store.path)
-            tasks.append(asyncio.create_task(judge.run(reader, clock, float(sla.interval)), name="sla-judge"))
-        else:
-            reader = WindowReader(cache.path)
-            collector = CacheCollector(cache)
-            registry.register(collector)
-            tasks.append(asyncio.create_task(judge.run(reader, clock, float(sla.interval), lambda: cache.complete_since_ns),
+        async with contextlib.AsyncExitStack() as stack:
+            tasks: list[asyncio.Task[None]] = []
+            source: WindowSource
+            complete_since: Callable[[], int] = lambda: 0  # a store holds every accepted result
+            if sla.cache:  # the store (InfluxDB) cannot serve windows: a cache of the recent results does
+                cache = await stack.enter_async_context(_window_cache(app, sla.cache, max(sla.windows), registry, clock))
+                source, reads = cache, cache.path
+                complete_since = lambda: cache.complete_since_ns  # noqa: E731 - what the cache vouches for
+                tasks.append(asyncio.create_task(cache.run_pruning(clock), name="sla-cache-prune"))
+            else:
+                source, reads = _store_windows(app[STORE_KEY]), "store"
+            tasks.append(asyncio.create_task(judge.run(source, clock, float(sla.interval), complete_since),
                                              name="sla-judge"))  # fmt: skip
-            tasks.append(asyncio.create_task(cache.run_pruning(clock), name="sla-cache-prune"))
-        log.info(kv("sla_started", profiles=len(judge.profiles.profiles), file=sla.profiles, reads=reader.path,
-                    windows=",".join(window_name(w) for w in judge.windows), interval=float(sla.interval)))  # fmt: skip
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if cache is not None:
-                registry.unregister(collector)
-            await reader.close()
+            log.info(kv("sla_started", profiles=len(judge.profiles.profiles), file=sla.profiles, reads=reads,
+                        windows=",".join(window_name(w) for w in judge.windows), interval=float(sla.interval)))  # fmt: skip
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app.cleanup_ctx.append(judging)
     app.router.add_get(SLA_PATH, _get_sla)

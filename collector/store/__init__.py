@@ -1,29 +1,38 @@
-"""Where batches are kept for good: the Store protocol, the records it returns, and the backend registry.
+"""Where batches are kept for good: the Store protocol and the backend registry (records: ../records.py).
 
 A backend is one module with a class satisfying `Store` and one line in `_BACKENDS`: `sqlite` (one
 local file) and `influx` (an InfluxDB write API). Every method is async: backends do their blocking
-I/O off the event loop.
+I/O off the event loop. The backends are the only code that speaks SQL or line protocol.
+
+The SLA judgement reads windows of recent results per series (`WindowSource`): the SQLite store
+serves them itself; with backend influx the judgement keeps a SQLite window cache that does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
+
+from aiohttp import web
 
 from qiancheng.core.errors import QianchengError
-from qiancheng.core.result import Result
 from qiancheng.core.wire import Batch
 
 from ..config import StoreConfig
+from ..records import BatchOutcome, ProbeRecord, SeriesKey, SeriesWindow, StoredResult, WindowRow
 
 __all__ = [
     "StoreError",
     "BatchOutcome",
     "StoredResult",
     "ProbeRecord",
+    "SeriesKey",
+    "WindowRow",
+    "SeriesWindow",
     "Store",
+    "WindowSource",
     "open_store",
+    "STORE_KEY",
 ]
 
 
@@ -31,46 +40,13 @@ class StoreError(QianchengError, OSError):
     """The store could not be opened, written or read; nothing was acknowledged."""
 
 
-@dataclass(frozen=True, slots=True)
-class BatchOutcome:
-    """What storing one batch did: a repeated batch stores nothing; `new` are the results stored now.
+@runtime_checkable
+class WindowSource(Protocol):
+    """Where the SLA judgement reads its windows of recent results from."""
 
-    `conflicts` counts results whose (probe, seq) was already stored with another start time: not a
-    re-send but a probe whose spool restarted its numbering (a reinstalled box). They are not stored.
-    """
-
-    duplicate: bool
-    new: Sequence[Result] = field(default=())
-    conflicts: int = 0
-
-    @property
-    def stored(self) -> int:
-        return len(self.new)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResult:
-    """A stored result with the identity and place of the probe that sent it."""
-
-    probe_id: str
-    city: str
-    isp: str
-    received_ns: int
-    result: Result
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeRecord:
-    """A probe as its latest stored batch described it, and its totals in the store."""
-
-    probe_id: str
-    city: str
-    isp: str
-    labels: dict[str, str]
-    stats: dict[str, float]
-    last_seen_ns: int
-    batches: int
-    results: int
+    async def windows(self, since_ns: int, until_ns: int) -> list[SeriesWindow]:
+        """Every series with a result since `since_ns`, with its results in [since_ns, until_ns], oldest first."""
+        ...
 
 
 class Store(Protocol):
@@ -96,10 +72,6 @@ class Store(Protocol):
         """Results stored (for one probe, or for all)."""
         ...
 
-    async def results_for(self, probe_id: str) -> list[StoredResult]:
-        """Every stored result of one probe, by seq (for tests and small exports)."""
-        ...
-
     async def healthy(self) -> bool:
         """True if the store answers a trivial read."""
         ...
@@ -108,6 +80,9 @@ class Store(Protocol):
         """Finish pending writes and release the store."""
         ...
 
+
+#: the application's open store: any backend satisfying the Protocol
+STORE_KEY = web.AppKey("store", Store)
 
 Opener = Callable[[StoreConfig], Awaitable[Store]]
 

@@ -181,10 +181,6 @@ class InfluxStore:
         """Results stored since this collector started (InfluxDB itself holds the full count)."""
         return sum(record.results for record in await self.probes(probe_id))
 
-    async def results_for(self, probe_id: str) -> list[StoredResult]:
-        """Not kept here: results are read back from InfluxDB with its own query API."""
-        raise StoreError("the influx backend does not read results back; query InfluxDB")
-
     async def healthy(self) -> bool:
         """True if the server answers its /ping."""
         if self._closed:

@@ -6,28 +6,32 @@ and a batch acknowledged with 200 survives a crash or power loss. Idempotence: a
 another batch, is never stored twice.
 
 Threads: sqlite3 calls block, so they never run on the event loop. All writes go through one
-dedicated thread (ThreadPoolExecutor(max_workers=1)) that owns the write connection: SQLite allows one
-writer at a time anyway, and a queue in front of one thread serialises batches without lock waits.
-Reads use their own connection in a second thread; under WAL they never block the writer.
+connection on a thread of its own (core.sqlite_thread): SQLite allows one writer at a time anyway, and
+a queue in front of one thread serialises batches without lock waits. The API's reads use a second
+connection and thread, and the SLA's window reads a third, so a judgement pass never holds up a
+request; under WAL no reader blocks the writer.
+
+This module is the only code that speaks SQL to the collector's database, the SLA's reads included:
+`windows()` scans each series' results in a time range through the `results_series` index.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import msgspec
 
 from qiancheng.core.result import Result, Target
+from qiancheng.core.sqlite_thread import SqliteThread
 from qiancheng.core.wire import Batch
 
-from . import BatchOutcome, ProbeRecord, StoredResult, StoreError
+from ..records import BatchOutcome, ProbeRecord, SeriesKey, SeriesWindow, StoredResult, WindowRow
+from . import StoreError
 
-__all__ = ["SqliteStore", "SCHEMA_VERSION"]
+__all__ = ["SqliteStore", "SCHEMA_VERSION", "SERIES_SQL", "WINDOW_SQL"]
 
 T = TypeVar("T")
 
@@ -112,6 +116,18 @@ _RESULT_COLUMNS: Final = (
     "r.probe_id, r.city, r.isp, r.received_ns, r.kind, r.target_name, r.target_address, r.target_class,"
     " r.start_ns, r.duration_seconds, r.success, r.error, r.detail, r.figures, r.info, r.samples, r.seq"
 )
+#: every (probe, target, kind) whose latest result started at or after ?1, with the labels of that result
+SERIES_SQL: Final = (
+    "SELECT l.probe_id, r.city, r.isp, l.target_name, r.target_class, l.kind"
+    " FROM latest l JOIN results r ON r.probe_id = l.probe_id AND r.seq = l.seq"
+    " WHERE l.start_ns >= ?1 ORDER BY l.probe_id, l.target_name, l.kind"
+)
+#: one series' results that started within [?4, ?5], oldest first (a range scan of results_series)
+WINDOW_SQL: Final = (
+    "SELECT start_ns, success, figures, samples FROM results"
+    " WHERE probe_id = ?1 AND target_name = ?2 AND kind = ?3 AND start_ns >= ?4 AND start_ns <= ?5"
+    " ORDER BY start_ns"
+)
 _PRUNE_SERIES: Final = "DELETE FROM results WHERE probe_id = ? AND target_name = ? AND kind = ? AND start_ns < ?"
 #: SQLite's default cap on bound parameters is 32766; stay well below it
 _IN_CHUNK: Final = 500
@@ -162,10 +178,9 @@ class SqliteStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
-        self._write_db: sqlite3.Connection | None = None
-        self._read_db: sqlite3.Connection | None = None
+        self._writer = SqliteThread("sqlite-writer")
+        self._reader = SqliteThread("sqlite-reader")
+        self._window_reader = SqliteThread("sqlite-windows")
         self._closed = False
 
     @classmethod
@@ -173,23 +188,23 @@ class SqliteStore:
         """Open (creating if needed) the database at `path`; raises StoreError."""
         store = cls(path)
         try:
-            await store._run(store._writer, store._open_writer)
-            await store._run(store._reader, store._open_reader)
+            await store._run(store._writer.open(store._connect_writer))
+            await store._run(store._reader.open(store._connect_reader))
+            await store._run(store._window_reader.open(store._connect_reader))
         except BaseException:
             await store.close()
             raise
         return store
 
-    async def _run(self, executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
+    async def _run(self, work: Awaitable[T]) -> T:
         try:
-            return await loop.run_in_executor(executor, work)
+            return await work
         except sqlite3.Error as error:
             raise StoreError(f"sqlite {self.path}: {error}") from error
 
     # -- the writer thread ---------------------------------------------------------------------------
 
-    def _open_writer(self) -> None:
+    def _connect_writer(self) -> sqlite3.Connection:
         if not Path(self.path).parent.is_dir():
             raise StoreError(f"directory {str(Path(self.path).parent)!r} does not exist")
         db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: we issue BEGIN/COMMIT
@@ -207,17 +222,10 @@ class SqliteStore:
         except BaseException:
             db.close()
             raise
-        self._write_db = db
-
-    def _open_reader(self) -> None:
-        uri = Path(self.path).resolve().as_uri() + "?mode=ro"  # as_uri escapes `?` and `#` in the path
-        db = sqlite3.connect(uri, uri=True, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=5000")
-        self._read_db = db
+        return db
 
     def _write_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
-        db = self._write_db
-        assert db is not None
+        db = self._writer.db
         # IMMEDIATE takes the write lock now, so nothing can change between the checks and the inserts
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -275,8 +283,7 @@ class SqliteStore:
         return found
 
     def _prune(self, before_ns: int) -> int:
-        db = self._write_db
-        assert db is not None
+        db = self._writer.db
         # only a pruned store needs batches by time; a no-op after the first prune
         db.execute("CREATE INDEX IF NOT EXISTS batches_received ON batches (received_ns)")
         db.execute("BEGIN IMMEDIATE")
@@ -296,33 +303,43 @@ class SqliteStore:
             raise
         return removed
 
-    def _close_writer(self) -> None:
-        if self._write_db is not None:
-            self._write_db.close()
-            self._write_db = None
+    # -- the reader threads --------------------------------------------------------------------------
 
-    # -- the reader thread ---------------------------------------------------------------------------
+    def _connect_reader(self) -> sqlite3.Connection:
+        uri = Path(self.path).resolve().as_uri() + "?mode=ro"  # as_uri escapes `?` and `#` in the path
+        db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
 
-    def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
-        assert self._read_db is not None
-        return self._read_db.execute(sql, parameters).fetchall()
+    async def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        return await self._run(self._reader.run(lambda: self._reader.db.execute(sql, parameters).fetchall()))
 
-    def _close_reader(self) -> None:
-        if self._read_db is not None:
-            self._read_db.close()
-            self._read_db = None
+    def _read_windows(self, since_ns: int, until_ns: int) -> list[SeriesWindow]:
+        db = self._window_reader.db
+        out: list[SeriesWindow] = []
+        for labels in db.execute(SERIES_SQL, (since_ns,)).fetchall():
+            key = SeriesKey(*labels)
+            rows = [
+                WindowRow(start_ns=start, success=bool(success), figures=_decode_figures(figures),
+                          samples=_decode_samples(samples))
+                for start, success, figures, samples in db.execute(
+                    WINDOW_SQL, (key.probe, key.target, key.kind, since_ns, until_ns)
+                )
+            ]  # fmt: skip
+            out.append((key, rows))
+        return out
 
     # -- the Store protocol --------------------------------------------------------------------------
 
     async def store_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
         """Store a batch in one transaction; returns once the commit is on disk."""
-        return await self._run(self._writer, lambda: self._write_batch(batch, received_ns))
+        return await self._run(self._writer.run(lambda: self._write_batch(batch, received_ns)))
 
     async def prune(self, before_ns: int) -> int:
         """Delete results that started before `before_ns`, and batches received before it; returns the
         results deleted. For a store that keeps only recent results (the SLA window cache): a batch
         retried after its record is pruned is not recognised as a duplicate."""
-        return await self._run(self._writer, lambda: self._prune(before_ns))
+        return await self._run(self._writer.run(lambda: self._prune(before_ns)))
 
     async def latest(
         self, probe_id: str | None = None, target: str | None = None, kind: str | None = None
@@ -333,7 +350,7 @@ class SqliteStore:
             " WHERE (?1 IS NULL OR l.probe_id = ?1) AND (?2 IS NULL OR l.target_name = ?2) AND (?3 IS NULL OR l.kind = ?3)"
             " ORDER BY l.probe_id, l.target_name, l.kind"
         )
-        rows = await self._run(self._reader, lambda: self._read(sql, (probe_id, target, kind)))
+        rows = await self._query(sql, (probe_id, target, kind))
         return [_stored_result(row) for row in rows]
 
     async def probes(self, probe_id: str | None = None) -> list[ProbeRecord]:
@@ -342,7 +359,7 @@ class SqliteStore:
             "SELECT probe_id, city, isp, labels, stats, last_seen_ns, batches, results FROM probes"
             " WHERE (?1 IS NULL OR probe_id = ?1) ORDER BY probe_id"
         )
-        rows = await self._run(self._reader, lambda: self._read(sql, (probe_id,)))
+        rows = await self._query(sql, (probe_id,))
         return [
             ProbeRecord(
                 probe_id=p, city=c, isp=i, labels=_decode_info(labels), stats=_decode_figures(stats),
@@ -353,27 +370,33 @@ class SqliteStore:
 
     async def oldest_batch_ns(self) -> int | None:
         """When the oldest batch still recorded was received (UTC ns); None for a store without batches."""
-        rows = await self._run(self._reader, lambda: self._read("SELECT MIN(received_ns) FROM batches"))
+        rows = await self._query("SELECT MIN(received_ns) FROM batches")
         return None if rows[0][0] is None else int(rows[0][0])
 
     async def count(self, probe_id: str | None = None) -> int:
         """Results stored (a full count: for tests and checks, not for every request)."""
         sql = "SELECT COUNT(*) FROM results WHERE (?1 IS NULL OR probe_id = ?1)"
-        rows = await self._run(self._reader, lambda: self._read(sql, (probe_id,)))
+        rows = await self._query(sql, (probe_id,))
         return int(rows[0][0])
 
     async def results_for(self, probe_id: str) -> list[StoredResult]:
-        """Every stored result of one probe, by seq."""
+        """Every stored result of one probe, by seq (an export of the record; InfluxDB has its own query API)."""
         sql = f"SELECT {_RESULT_COLUMNS} FROM results r WHERE r.probe_id = ? ORDER BY r.seq"
-        rows = await self._run(self._reader, lambda: self._read(sql, (probe_id,)))
+        rows = await self._query(sql, (probe_id,))
         return [_stored_result(row) for row in rows]
+
+    async def windows(self, since_ns: int, until_ns: int) -> list[SeriesWindow]:
+        """Every series with a result since `since_ns`, with its results in [since_ns, until_ns], oldest
+        first; one range scan of the series index per series, so a read costs in proportion to the
+        results inside the window, not to the size of the store."""
+        return await self._run(self._window_reader.run(lambda: self._read_windows(since_ns, until_ns)))
 
     async def healthy(self) -> bool:
         """True if a trivial read on the store succeeds."""
         if self._closed:
             return False
         try:
-            await self._run(self._reader, lambda: self._read("SELECT 1 FROM probes LIMIT 1"))
+            await self._query("SELECT 1 FROM probes LIMIT 1")
         except StoreError:
             return False
         return True
@@ -383,13 +406,11 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
-        # jobs run in order in each single-thread executor, so every queued batch commits before this;
+        # jobs run in order on each connection's thread, so every queued batch commits before this;
         # the writer closes last, so that it checkpoints the WAL into the database file
-        await loop.run_in_executor(self._reader, self._close_reader)
-        await loop.run_in_executor(self._writer, self._close_writer)
-        self._writer.shutdown(wait=True)
-        self._reader.shutdown(wait=True)
+        await self._window_reader.close()
+        await self._reader.close()
+        await self._writer.close()
 
 
 def _latest_per_series(results: Iterable[Result]) -> list[Result]:

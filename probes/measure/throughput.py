@@ -14,7 +14,7 @@ responder, which only reports its count when the body is complete. Received byte
 the responder's socket buffer, but that is a bounded offset (one receive buffer) at both ends of the
 window, not a drift.
 
-Loaded latency (loaded.py) runs beside the window; CDN facts (cdn.py) come from the first download
+Loaded latency (loaded_latency.py) runs beside the window; CDN facts (cdn.py) come from the first download
 response's headers.
 """
 
@@ -35,7 +35,7 @@ from qiancheng.core.result import Target
 from qiancheng.core.stats import percentile
 
 from .cdn import cache_facts
-from .loaded import LatencyProbes
+from .loaded_latency import LatencyProbes
 from .outcome import Outcome
 from .progress import Progress, report
 from .tcp_info import TcpInfo
@@ -366,6 +366,6 @@ async def measure_throughput(direction: Direction, target: Target, settings: Thr
 
 
 def _latency_probes(url: str, settings: ThroughputSettings, endpoint: Endpoint) -> LatencyProbes:
-    """Loaded-latency probes to the load's server (loaded.py picks the responder's /ping, or a HEAD of
+    """Loaded-latency probes to the load's server (loaded_latency.py picks the responder's /ping, or a HEAD of
     any other URL)."""
     return LatencyProbes(url, address=endpoint.address, verify_tls=settings.verify_tls)

@@ -74,7 +74,7 @@ async def test_throughput_against_the_responder(responder: Responder, kind: str)
     assert result.info["address"] == HOST
     assert result.info["url"].startswith(f"http://{HOST}:{responder.http_port}/{kind}")
     assert "stopped_by" not in result.info
-    # latency on fresh connections beside the load, before and during the window (loaded.py)
+    # latency on fresh connections beside the load, before and during the window (loaded_latency.py)
     assert f["idle_rtt_seconds"] > 0 and f["loaded_rtt_seconds"] > 0 and f["loaded_probes"] >= 3
     assert f["bufferbloat_seconds"] == pytest.approx(f["loaded_rtt_seconds"] - f["idle_rtt_seconds"])
     assert f["responsiveness_rpm"] > 0

@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from qiancheng.probes.measure.loaded import LatencyProbes
+from qiancheng.probes.measure.loaded_latency import LatencyProbes
 from tests.conftest import PYTHON, ROOT
 from tests.integration.helpers import require_root, require_tool
 from tests.netlab.conftest import probe_once

@@ -19,7 +19,6 @@ from qiancheng.collector.config import StoreConfig, load_collector_config
 from qiancheng.collector.sla.cache import PRUNE_MARGIN_SECONDS, WindowCache
 from qiancheng.collector.sla.judge import Judge
 from qiancheng.collector.sla.profiles import load_sla_profiles
-from qiancheng.collector.sla.windows import WindowReader
 from qiancheng.collector.store import BatchOutcome, Store, StoreError
 from qiancheng.collector.store.sqlite import _PRUNE_SERIES, SqliteStore
 from qiancheng.core.result import Result, Target
@@ -132,21 +131,20 @@ async def test_windows_before_the_cache_is_complete_are_no_data(tmp_path: Path) 
     # every test fails, but the cache cannot say whether the minute before held good ones
     await cache.add(batch("p1", "b-1", [icmp(i, NOW + i * S, success=False) for i in range(1, 31)]), NOW + 31 * S)
     judge = Judge(load_sla_profiles(tmp_path / "sla.yaml"), [10.0, 60.0], open_after=1, close_after=1)
-    reader = WindowReader(path)
+    reader = cache
     try:
         now = NOW + 31 * S
-        [rtt, availability] = judge.judge(await reader.read(now - 60 * S, now), now, cache.complete_since_ns)
+        [rtt, availability] = judge.judge(await reader.windows(now - 60 * S, now), now, cache.complete_since_ns)
         assert [(w.value, w.results) for w in availability.windows] == [(0.0, 10), (None, 30)]
         assert availability.state.status == "breach"  # the 10 s window lies wholly in the cache
         judge = Judge(load_sla_profiles(tmp_path / "sla.yaml"), [60.0], open_after=1, close_after=1)
-        [rtt, availability] = judge.judge(await reader.read(now - 60 * S, now), now, cache.complete_since_ns)
+        [rtt, availability] = judge.judge(await reader.windows(now - 60 * S, now), now, cache.complete_since_ns)
         assert (availability.state.status, availability.windows[0].value) == ("no_data", None)
         assert rtt.state.status == "no_data"
         later = NOW + 60 * S  # the minute has refilled
-        [rtt, availability] = judge.judge(await reader.read(later - 60 * S, later), later, cache.complete_since_ns)
+        [rtt, availability] = judge.judge(await reader.windows(later - 60 * S, later), later, cache.complete_since_ns)
         assert (availability.state.status, availability.windows[0].value) == ("breach", 0.0)
     finally:
-        await reader.close()
         await cache.close()
 
 

@@ -6,15 +6,16 @@ from collections.abc import Sequence
 
 import pytest
 
-from qiancheng.collector.sla.indicators import INDICATORS, Row
+from qiancheng.collector.sla.indicators import INDICATORS
 from qiancheng.collector.sla.profiles import Objective, parse_threshold
+from qiancheng.collector.store import WindowRow
 
 
-def row(samples: Sequence[float | None] = (), success: bool = True, **figures: float) -> Row:
-    return Row(start_ns=0, success=success, figures=dict(figures), samples=list(samples))
+def row(samples: Sequence[float | None] = (), success: bool = True, **figures: float) -> WindowRow:
+    return WindowRow(start_ns=0, success=success, figures=dict(figures), samples=list(samples))
 
 
-def value(name: str, rows: list[Row]) -> float | None:
+def value(name: str, rows: list[WindowRow]) -> float | None:
     return INDICATORS[name].compute(rows)
 
 

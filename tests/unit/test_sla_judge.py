@@ -18,8 +18,7 @@ from qiancheng.collector.app import make_app
 from qiancheng.collector.config import load_collector_config
 from qiancheng.collector.sla.judge import Judge, Judgement
 from qiancheng.collector.sla.profiles import load_sla_profiles
-from qiancheng.collector.sla.windows import SERIES_SQL, WINDOW_SQL, WindowReader
-from qiancheng.collector.store.sqlite import SqliteStore
+from qiancheng.collector.store.sqlite import SERIES_SQL, WINDOW_SQL, SqliteStore
 from qiancheng.core.result import Result, Target
 from qiancheng.core.wire import Batch
 from tests.integration.helpers import require_tool
@@ -70,9 +69,9 @@ async def test_windows_values_and_no_data_from_the_store(tmp_path: Path) -> None
     db = tmp_path / "c.db"
     # within the last 10 s: 4 ms RTTs and 1 lost of 10; between 10 s and 60 s ago: 20 ms RTTs, none lost
     await store_results(db, "p1", "lishui", [icmp(1, 50, 0.020), icmp(2, 30, 0.020), icmp(3, 5, 0.004, lost=1)])
-    reader = WindowReader(str(db))
+    reader = await SqliteStore.open(str(db))
     try:
-        data = await reader.read(NOW - 60 * S, NOW)
+        data = await reader.windows(NOW - 60 * S, NOW)
     finally:
         await reader.close()
     judge = Judge(load_sla_profiles(profiles_file(tmp_path)), [10.0, 60.0], open_after=2, close_after=2)
@@ -92,17 +91,17 @@ async def test_hysteresis_across_passes_opens_and_closes(tmp_path: Path) -> None
     db = tmp_path / "c.db"
     await store_results(db, "p1", "lishui", [icmp(1, 1, 0.020)])  # 20 ms > 10 ms
     judge = Judge(load_sla_profiles(profiles_file(tmp_path)), [10.0], open_after=2, close_after=2)
-    reader = WindowReader(str(db))
+    reader = await SqliteStore.open(str(db))
     try:
         statuses = []
         for second in range(2):
             now = NOW + second * S
-            judgements = judge.judge(await reader.read(now - 10 * S, now), now)
+            judgements = judge.judge(await reader.windows(now - 10 * S, now), now)
             statuses.append(by_objective(judgements)[("p1", "icmp", "rtt_p95")].state.status)
         await store_results(db, "p1", "lishui", [icmp(2, -15, 0.002)])  # a good test 15 s later
         for second in range(16, 18):  # the bad one has left the 10 s window: two good windows close it
             now = NOW + second * S
-            judgements = judge.judge(await reader.read(now - 10 * S, now), now)
+            judgements = judge.judge(await reader.windows(now - 10 * S, now), now)
             statuses.append(by_objective(judgements)[("p1", "icmp", "rtt_p95")].state.status)
     finally:
         await reader.close()

@@ -106,3 +106,13 @@ def test_collector_refuses_windows_shorter_than_a_second(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as caught:
         load_collector_config(config)
     assert (caught.value.line, caught.value.field) == (2, "sla.windows[0]")
+
+
+def test_the_file_is_parsed_once_and_again_only_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "sla.yaml"
+    path.write_text(SHIPPED.read_text())
+    first = load_sla_profiles(path)
+    assert load_sla_profiles(path) is first  # the config check and the judgement share one parse
+    path.write_text(SHIPPED.read_text() + "\n# edited\n")
+    again = load_sla_profiles(path)
+    assert again is not first and again.profiles.keys() == first.profiles.keys()

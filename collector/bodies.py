@@ -1,4 +1,5 @@
-"""The JSON bodies the collector answers with; the OpenAPI document is generated from these Structs."""
+"""The JSON bodies the collector answers with; the OpenAPI document is generated from these Structs
+(and from the store's records, which GET /api/v1/latest returns as they are)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,12 @@ from typing import Literal
 
 import msgspec
 
-from qiancheng.core.result import Result
+from .records import ProbeRecord, StoredResult
 
 __all__ = [
     "Ack",
     "ErrorBody",
     "Health",
-    "LatestEntry",
-    "ProbeSummary",
     "Totals",
     "LatestResponse",
     "SlaWindow",
@@ -48,29 +47,6 @@ class Health(msgspec.Struct, frozen=True):
     uptime_seconds: float
 
 
-class LatestEntry(msgspec.Struct, frozen=True):
-    """The latest result (by start time) of one (probe, target, kind), with the batch's city and ISP."""
-
-    probe: str
-    city: str
-    isp: str
-    received_ns: int
-    result: Result
-
-
-class ProbeSummary(msgspec.Struct, frozen=True):
-    """What the collector knows of a probe from its latest stored batch."""
-
-    probe: str
-    city: str
-    isp: str
-    labels: dict[str, str]
-    stats: dict[str, float]
-    last_seen_ns: int
-    batches: int
-    results: int
-
-
 class Totals(msgspec.Struct, frozen=True):
     """Results and batches in the store (for the probe asked about, or for all)."""
 
@@ -81,8 +57,10 @@ class Totals(msgspec.Struct, frozen=True):
 class LatestResponse(msgspec.Struct, frozen=True):
     """Body of GET /api/v1/latest."""
 
-    results: list[LatestEntry]
-    probes: list[ProbeSummary]
+    #: the latest result (by start time) of each (probe, target, kind), with its batch's city and ISP
+    results: list[StoredResult]
+    #: what the collector knows of each probe from its latest stored batch
+    probes: list[ProbeRecord]
     totals: Totals
 
 

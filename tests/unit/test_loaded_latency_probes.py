@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from qiancheng.probes.measure.loaded import LatencyProbes, responsiveness
+from qiancheng.probes.measure.loaded_latency import LatencyProbes, responsiveness
 from tests.conftest import Processes, free_port
 from tests.integration.helpers import Responder, require_tool
 

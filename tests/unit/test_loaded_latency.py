@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qiancheng.probes.measure.loaded import (
+from qiancheng.probes.measure.loaded_latency import (
     ProbeRoundTrips,
     probe_plan,
     responsiveness,
