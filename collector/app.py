@@ -35,6 +35,7 @@ __all__ = [
     "STORE_KEY",
     "INGEST_KEY",
     "make_app",
+    "make_internal_app",
 ]
 
 log = logging.getLogger("qiancheng.collector")
@@ -57,6 +58,7 @@ class _Seams:
 
 
 _SEAMS_KEY = web.AppKey("seams", _Seams)
+_MAIN_KEY = web.AppKey("main", web.Application)
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:
@@ -94,7 +96,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         allowed = {probe.id for probe in config.probes}
         app[STATE_KEY].restore(await store.latest(), await store.probes(), allowed)
         app[STORE_KEY] = store
-        app[INGEST_KEY] = Ingest(TokenTable(config.probes), store, app[STATE_KEY], config.limits, seams.clock)
+        mutual_tls = config.listen.tls is not None and bool(config.listen.tls.client_ca_file)
+        app[INGEST_KEY] = Ingest(TokenTable(config.probes), store, app[STATE_KEY], config.limits, seams.clock,
+                                 client_certificates=mutual_tls)  # fmt: skip
         log.info(kv("store_opened", backend=store.backend, path=config.store.location,
                     series=len(app[STATE_KEY].series), probes=len(app[STATE_KEY].probes)))  # fmt: skip
         yield
@@ -107,22 +111,30 @@ async def _post_results(request: web.Request) -> web.Response:
     return await request.app[INGEST_KEY].handle(request)
 
 
+def _main(request: web.Request) -> web.Application:
+    """The collector's application, also for a request to the internal listener's."""
+    return request.app.get(_MAIN_KEY, request.app)
+
+
 async def _metrics(request: web.Request) -> web.Response:
     # generate_latest runs on the loop, where the state is mutated, so it never sees a half-applied
     # batch; it takes about a millisecond per thousand series
-    body = generate_latest(request.app[REGISTRY_KEY])
+    body = generate_latest(_main(request)[REGISTRY_KEY])
     return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
 
 
 async def _health(request: web.Request) -> web.Response:
-    store = request.app[STORE_KEY]
+    app = _main(request)
+    if STORE_KEY not in app:  # the internal listener may answer before the store has opened
+        return _json(encode(ErrorBody(error="starting: the store is not open yet")), 503)
+    store = app[STORE_KEY]
     ok = await store.healthy()
     health = Health(
         status="ok" if ok else "failing",
         store_ok=ok,
         store_backend=store.backend,
         version=__version__,
-        uptime_seconds=round(time.monotonic() - request.app[_STARTED_KEY], 3),
+        uptime_seconds=round(time.monotonic() - app[_STARTED_KEY], 3),
     )
     return _json(encode(health), 200 if ok else 503)
 
@@ -167,9 +179,20 @@ def make_app(
     app[_OPENAPI_KEY] = json.dumps(openapi_document(__version__, int(config.limits.max_body_bytes))).encode()
     app.cleanup_ctx.append(_store_ctx)
     app.router.add_post(RESULTS_PATH, _post_results)
-    app.router.add_get(METRICS_PATH, _metrics)
+    if config.metrics_listen is None:
+        app.router.add_get(METRICS_PATH, _metrics)
     app.router.add_get(HEALTH_PATH, _health)
     app.router.add_get(LATEST_PATH, _latest)
     app.router.add_get(OPENAPI_PATH, _openapi)
     install_sla(app, config, app[REGISTRY_KEY], clock)  # after the store's ctx: judging needs the open store
     return app
+
+
+def make_internal_app(app: web.Application) -> web.Application:
+    """/metrics and /healthz of `app` for the internal listener (`metrics_listen`). It shares no request
+    handling with ingest, so both keep answering while ingest is overloaded."""
+    internal = web.Application(middlewares=[_json_errors])
+    internal[_MAIN_KEY] = app
+    internal.router.add_get(METRICS_PATH, _metrics)
+    internal.router.add_get(HEALTH_PATH, _health)
+    return internal

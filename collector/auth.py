@@ -20,7 +20,7 @@ class TokenTable:
     """Maps a presented bearer token to the probe id it belongs to."""
 
     def __init__(self, probes: Iterable[ProbeEntry]) -> None:
-        self._entries = tuple((probe.token_sha256, probe.id) for probe in probes)
+        self._entries = tuple((digest, probe.id) for probe in probes for digest in probe.token_hashes())
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -18,10 +18,13 @@ from qiancheng.core.units import Duration, Size
 from qiancheng.core.wire import MAX_RESULTS_PER_BATCH
 
 from .sla.settings import SlaConfig, check_sla_section
+from .tls import TlsFileError, server_context
 
 __all__ = [
     "DEFAULT_PORT",
+    "TlsConfig",
     "ListenConfig",
+    "InternalListenConfig",
     "InfluxConfig",
     "StoreConfig",
     "ProbeEntry",
@@ -33,16 +36,36 @@ __all__ = [
 ]
 
 DEFAULT_PORT: Final = 9310
+#: /metrics and /healthz on their own listener (`metrics_listen`), when it is given without a port
+DEFAULT_METRICS_PORT: Final = 9319
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 #: Below this a normal batch of a few results would not fit; a typo such as `16` (bytes) is caught.
 _MIN_BODY_BYTES: Final = 1024
 
 
+class TlsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """TLS on the listener (1.2 and newer), with the server's certificate chain and key in PEM files that
+    are read again on SIGHUP. With `client_ca_file`, mutual TLS: a probe must also present a certificate
+    from that CA whose subject alternative name (or common name) is its probe id."""
+
+    cert_file: Annotated[str, msgspec.Meta(min_length=1)]
+    key_file: Annotated[str, msgspec.Meta(min_length=1)]
+    client_ca_file: str = ""
+
+
 class ListenConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The HTTP listener: ingest API, /metrics, /healthz, OpenAPI."""
+    """The HTTP listener: ingest API, /metrics, /healthz, OpenAPI; HTTPS with `tls`."""
 
     host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = DEFAULT_PORT
+    tls: TlsConfig | None = None
+
+
+class InternalListenConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A second, plain-HTTP listener for /metrics and /healthz only (an internal interface for Prometheus)."""
+
+    host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = DEFAULT_METRICS_PORT
 
 
 class InfluxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -80,10 +103,15 @@ class ProbeEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     Only the hash is kept, so a leaked config does not leak credentials. Tokens are random secrets of
     32 bytes or more, so a plain fast hash is enough: there is nothing to brute-force that a slow
     password hash (bcrypt, scrypt) would protect, and a fast hash keeps auth cheap on every request.
+    During a token change-over `token_sha256` lists two hashes, the old token's and the new one's.
     """
 
     id: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
-    token_sha256: str
+    token_sha256: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=2)]
+
+    def token_hashes(self) -> tuple[str, ...]:
+        """Every hash a token of this probe may have (two only while a token is being changed)."""
+        return (self.token_sha256,) if isinstance(self.token_sha256, str) else tuple(self.token_sha256)
 
 
 class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -105,6 +133,8 @@ class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole collector config file."""
 
     listen: ListenConfig = ListenConfig()
+    #: when set, /metrics is served only there, and /healthz there as well as on `listen`
+    metrics_listen: InternalListenConfig | None = None
     store: StoreConfig = StoreConfig()
     probes: list[ProbeEntry] = []
     limits: LimitsConfig = LimitsConfig()
@@ -118,24 +148,38 @@ def _check(config: CollectorConfig, document: YamlDocument) -> None:
     ids: dict[str, int] = {}
     hashes: dict[str, int] = {}
     for index, probe in enumerate(config.probes):
-        if not _SHA256_HEX.match(probe.token_sha256):
-            raise document.error(
-                ("probes", index, "token_sha256"),
-                "expected the SHA-256 of the token as 64 lowercase hex digits "
-                "(print it with: qiancheng-collector hash-token TOKEN)",
-            )
         if probe.id in ids:
             raise document.error(("probes", index, "id"), f"duplicate probe id {probe.id!r} (also probes[{ids[probe.id]}])")
-        if probe.token_sha256 in hashes:
-            raise document.error(
-                ("probes", index, "token_sha256"),
-                f"same token as probes[{hashes[probe.token_sha256]}]: each probe needs its own token",
-            )
         ids[probe.id] = index
-        hashes[probe.token_sha256] = index
+        listed = isinstance(probe.token_sha256, list)
+        for position, digest in enumerate(probe.token_hashes()):
+            where: tuple[str | int, ...] = ("probes", index, "token_sha256") + ((position,) if listed else ())
+            if not _SHA256_HEX.match(digest):
+                raise document.error(where, "expected the SHA-256 of the token as 64 lowercase hex digits "
+                                            "(print it with: qiancheng-collector hash-token TOKEN)")  # fmt: skip
+            if digest in hashes:
+                other = hashes[digest]
+                raise document.error(where, "the same token twice" if other == index
+                                     else f"same token as probes[{other}]: each probe needs its own token")  # fmt: skip
+            hashes[digest] = index
     if config.limits.max_body_bytes < _MIN_BODY_BYTES:
         raise document.error(("limits", "max_body_bytes"), f"must be at least {_MIN_BODY_BYTES} bytes")
     _check_store(config.store, document)
+    _check_listen(config, document)
+
+
+def _check_listen(config: CollectorConfig, document: YamlDocument) -> None:
+    """The TLS files load into a context (a key that does not match its certificate is caught now), and
+    the internal listener does not take the public one's port."""
+    if config.listen.tls is not None:
+        try:
+            tls = config.listen.tls
+            server_context(tls.cert_file, tls.key_file, tls.client_ca_file)
+        except TlsFileError as error:
+            raise document.error(("listen", "tls", error.field), error.reason) from None
+    internal = config.metrics_listen
+    if internal is not None and (internal.host, internal.port) == (config.listen.host, config.listen.port):
+        raise document.error(("metrics_listen", "port"), f"{internal.port} is listen.port: give the internal listener its own")
 
 
 def _check_store(store: StoreConfig, document: YamlDocument) -> None:

@@ -45,6 +45,7 @@ from .body import BadEncoding, BodyTooLarge, read_bounded
 from .config import LimitsConfig
 from .live import LiveState
 from .store import BatchOutcome, Store, StoreError
+from .tls import certificate_names
 
 __all__ = ["Refused", "refusal_for_decode_error", "Ingest", "INGEST_KEY", "AfterStore", "RETRY_AFTER_SECONDS"]
 
@@ -130,12 +131,15 @@ class Ingest:
         state: LiveState,
         limits: LimitsConfig,
         clock: Callable[[], int] = wall_ns,
+        client_certificates: bool = False,
     ) -> None:
+        """`client_certificates`: mutual TLS is on, and a probe's verified certificate must name it."""
         self._tokens = tokens
         self._store = store
         self._state = state
         self._limits = limits
         self._clock = clock
+        self._client_certificates = client_certificates
         #: called with every batch after its commit (duplicates too), before the probe is answered
         self.after_store: list[AfterStore] = []
 
@@ -158,6 +162,14 @@ class Ingest:
             reason = "bearer token required" if hdrs.AUTHORIZATION not in request.headers else "invalid token"
             self._refused(request, 401, reason, None)
             raise Refused(401, reason, headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="qiancheng"'})
+        if self._client_certificates:
+            # the token says which probe this is; its certificate must say the same
+            peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None
+            names = certificate_names(peercert)
+            if probe not in names:
+                reason = f"the client certificate names {', '.join(sorted(names)) or 'no one'}, not probe {probe!r}"
+                self._refused(request, 403, reason, probe)
+                raise Refused(403, reason)
         try:
             batch = await self._read_batch(request)
         except Refused as refused:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -18,10 +19,11 @@ from qiancheng.core.errors import ConfigError
 from qiancheng.core.logs import kv
 
 from . import __version__
-from .app import make_app
+from .app import make_app, make_internal_app
 from .auth import hash_token
-from .config import CollectorConfig, load_collector_config
+from .config import CollectorConfig, TlsConfig, load_collector_config
 from .store import StoreError
+from .tls import TlsFileError, reload_certificate, server_context
 
 __all__ = ["main", "serve"]
 
@@ -67,11 +69,34 @@ def _hash_token(token: str | None) -> int:
     return 0
 
 
+async def _listen(
+    runner: web.AppRunner, host: str, port: int, field: str, document: YamlDocument, context: ssl.SSLContext | None = None
+) -> None:
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=context).start()
+    except OSError as error:
+        raise document.error((field,), f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+def _reload_certificate(context: ssl.SSLContext, tls: TlsConfig) -> None:
+    """SIGHUP: present the renewed certificate to new connections; keep the old one if it cannot load."""
+    try:
+        reload_certificate(context, tls.cert_file, tls.key_file)
+    except TlsFileError as error:
+        log.error(kv("tls_reload_failed", field=f"listen.tls.{error.field}", error=error.reason,
+                     effect="the previous certificate stays in use"))  # fmt: skip
+    else:
+        log.info(kv("tls_reloaded", cert_file=tls.cert_file))
+
+
 async def serve(config: CollectorConfig, document: YamlDocument) -> int:
     """Listen until SIGTERM or SIGINT, then stop accepting, let in-flight commits finish, close the store."""
     app = make_app(config)
+    tls = config.listen.tls
+    context = server_context(tls.cert_file, tls.key_file, tls.client_ca_file) if tls is not None else None
     # auto_decompress=False: aiohttp would otherwise inflate gzip bodies itself, without our bound
     runner = web.AppRunner(app, auto_decompress=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+    internal = web.AppRunner(make_internal_app(app), access_log=None, shutdown_timeout=1.0)
     try:
         try:
             await runner.setup()
@@ -79,19 +104,25 @@ async def serve(config: CollectorConfig, document: YamlDocument) -> int:
             field = ("store", "influx") if config.store.backend == "influx" else ("store", "path")
             raise document.error(field, f"cannot open the store: {error}") from None
         host, port = config.listen.host, config.listen.port
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as error:
-            raise document.error(("listen",), f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+        await _listen(runner, host, port, "listen", document, context)
+        if config.metrics_listen is not None:
+            await internal.setup()
+            await _listen(internal, config.metrics_listen.host, config.metrics_listen.port, "metrics_listen", document)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if context is not None and tls is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reload_certificate, context, tls)
         log.info(kv("collector_started", version=__version__, listen=f"{host}:{port}", store=config.store.backend,
-                    path=config.store.location, probes=len(config.probes)))  # fmt: skip
+                    path=config.store.location, probes=len(config.probes),
+                    tls="mutual" if tls is not None and tls.client_ca_file else "on" if tls is not None else "off",
+                    metrics=(f"{config.metrics_listen.host}:{config.metrics_listen.port}"
+                             if config.metrics_listen is not None else "listen")))  # fmt: skip
         await stop.wait()
         log.info(kv("collector_stopping", grace_seconds=SHUTDOWN_SECONDS))
     finally:
+        await internal.cleanup()
         await runner.cleanup()
     log.info(kv("collector_stopped"))
     return 0

@@ -1,8 +1,9 @@
 """qiancheng core: what every end shares and depends on nothing else of ours.
 
-The result and wire format, errors, the clock, logs, the YAML config loader, units (durations, sizes),
-per-kind settings, statistics, the STAMP packet layout and socket address helpers. The agent, the
-responder and the collector import this package and never each other.
+The result and wire format, the catalogue of kinds and their settings, errors, the clock, logs, the
+YAML config loader, units (durations, sizes), statistics, the STAMP packet layout, socket address
+helpers and the one-thread SQLite connection. The agent, the responder and the collector import this
+package and never each other.
 """
 
 __version__ = "0.1.0"

@@ -41,6 +41,17 @@ class Agent:
         #: results the spool could not take (disk full, I/O error), each logged
         self.spool_failures = 0
 
+    def _open_session(self) -> aiohttp.ClientSession:
+        """The one HTTP session to the collector, with its TLS settings (checked when the config loaded)."""
+        collector = self.config.collector
+        if collector.insecure_skip_verify:
+            log.warning(kv("tls_verification_off", collector=collector.url,
+                           risk="anyone on the path can read and change results and take the token",
+                           fix="remove collector.insecure_skip_verify; give collector.ca_file if the CA is private"))  # fmt: skip
+        context = collector.tls()
+        connector = aiohttp.TCPConnector(ssl=context if context is not None else True)
+        return aiohttp.ClientSession(headers={"User-Agent": f"qiancheng-probe/{__version__}"}, connector=connector)
+
     def _make_uploader(self, spool: Spool, session: aiohttp.ClientSession) -> Uploader:
         c = self.config
         return Uploader(
@@ -85,7 +96,7 @@ class Agent:
         # twenty fsyncs a second; nothing waits on it but the spooling itself (uploads go by batch age).
         self._spool = Spool(c.spool.path, max_bytes=int(c.spool.max_bytes), first_seq=wall_ns() // 1000,
                             commit_delay=_COMMIT_DELAY_SECONDS)
-        self._session = aiohttp.ClientSession(headers={"User-Agent": f"qiancheng-probe/{__version__}"})
+        self._session = self._open_session()
         self._uploader = self._make_uploader(self._spool, self._session)
         self._upload_task = asyncio.create_task(self._uploader.run(), name="uploader")
         self._scheduler = Scheduler(c.probe.id, self._record, c.scheduler.max_concurrency)
@@ -112,6 +123,8 @@ class Agent:
             assert self._uploader is not None and self._upload_task is not None
             self._uploader.stop()
             await asyncio.gather(self._upload_task, return_exceptions=True)
+            await self._session.close()
+            self._session = self._open_session()
             self._uploader = self._make_uploader(self._spool, self._session)
             self._upload_task = asyncio.create_task(self._uploader.run(), name="uploader")
         self._scheduler.apply(new.jobs, probe_id=new.probe.id)

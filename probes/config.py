@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +29,8 @@ from qiancheng.core.kind_settings import (
 from qiancheng.core.kinds import KINDS, kind_named
 from qiancheng.core.result import NAME_PATTERN, Target
 from qiancheng.core.units import Duration, Size
+
+from .transport import TlsSettingsError, client_context
 
 
 __all__ = [
@@ -68,6 +71,19 @@ class CollectorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     timeout: Duration = Duration(10.0)
     backoff_base: Duration = Duration(1.0)
     backoff_cap: Duration = Duration(60.0)
+    #: https: trust only this CA (PEM) for the collector's certificate, instead of the system's CAs
+    ca_file: str | None = None
+    #: https: a client certificate and its key (PEM) for a collector that requires mutual TLS
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: https: do not verify the collector's certificate at all (warned at every start; for tests only)
+    insecure_skip_verify: bool = False
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS context for an https URL (None for http); raises TlsSettingsError."""
+        if urlsplit(self.url).scheme != "https":
+            return None
+        return client_context(self.ca_file, self.cert_file, self.key_file, verify=not self.insecure_skip_verify)
 
 
 class SpoolSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -211,6 +227,19 @@ def _check_collector(collector: CollectorSettings, document: YamlDocument) -> No
         raise document.error(["collector", "url"], f"expected an http(s) URL such as https://collector:9310, got {collector.url!r}")
     if (collector.token is None) == (collector.token_file is None):
         raise document.error(["collector"], "give exactly one of token and token_file")
+    tls_keys = {"ca_file": collector.ca_file, "cert_file": collector.cert_file, "key_file": collector.key_file,
+                "insecure_skip_verify": collector.insecure_skip_verify or None}  # fmt: skip
+    if parts.scheme == "http" and (given := [key for key, value in tls_keys.items() if value is not None]):
+        raise document.error(["collector", given[0]], "applies to an https:// collector URL only")
+    if (collector.cert_file is None) != (collector.key_file is None):
+        raise document.error(["collector", "key_file" if collector.key_file is None else "cert_file"],
+                             "give cert_file and key_file together")  # fmt: skip
+    if collector.insecure_skip_verify and collector.ca_file is not None:
+        raise document.error(["collector", "insecure_skip_verify"], "contradicts ca_file: a CA to verify against")
+    try:
+        collector.tls()
+    except TlsSettingsError as error:
+        raise document.error(["collector", error.field], error.reason) from None
 
 
 def _token(collector: CollectorSettings, document: YamlDocument) -> str:

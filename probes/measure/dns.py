@@ -242,7 +242,7 @@ def _error_for(error: OSError) -> MeasurementError:
 
 
 async def measure(target: Target, settings: DnsSettings) -> Outcome:
-    """One lookup; figures in seconds and counts, a failed result with a reason when the answer is bad."""
+    """One lookup: figures in seconds and counts, and a reason when the answer is bad."""
     host, port, query_name = _names(target, settings)
     rdtype = dns.rdatatype.from_text(settings.query_type)
     try:

@@ -339,7 +339,7 @@ def _run_in_thread(exchange: _Exchange) -> asyncio.Future[None]:
 
 
 async def measure(target: Target, settings: HttpSettings) -> Outcome:
-    """One request timed by phase; figures in seconds and bytes, a failed result with a reason otherwise."""
+    """One request timed by phase: figures in seconds and bytes, and a reason when it failed."""
     url = settings.url or target.address
     try:
         plan = parse_url(url)

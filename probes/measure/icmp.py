@@ -299,7 +299,7 @@ def _finish(future: asyncio.Future[None]) -> None:
 
 
 async def measure(target: Target, settings: IcmpSettings) -> Outcome:
-    """One echo train; a result with per-packet samples and train statistics."""
+    """One echo train: per-packet samples and the train's statistics."""
     try:
         host, _ = split_host_port(target.address, 0)
     except ValueError as error:

@@ -237,7 +237,7 @@ def _open(family: socket.AddressFamily, address: str, port: int) -> tuple[socket
 
 
 async def measure(target: Target, settings: StampSettings) -> Outcome:
-    """One STAMP train; a result with per-packet round-trip samples and the train's figures."""
+    """One STAMP train: per-packet round-trip samples and the train's figures."""
     try:
         host, port = split_host_port(target.address, settings.port)
     except ValueError as error:

@@ -77,7 +77,7 @@ def _why(code: int) -> str:
 
 
 async def measure(target: Target, settings: TcpSettings) -> Outcome:
-    """One connect train; a result with per-connect samples and train statistics."""
+    """One connect train: per-connect samples and the train's statistics."""
     try:
         host, port = split_host_port(target.address, settings.port)
     except ValueError as error:

@@ -63,10 +63,14 @@ class Collector:
     tokens: dict[str, str]
     port: int = field(default_factory=free_port)
     name: str = "collector"
+    #: YAML of listen.tls (`{cert_file: ..., key_file: ...}`): the collector speaks HTTPS
+    tls: str = ""
+    #: more top-level YAML for the config (e.g. `metrics_listen: {...}`)
+    extra: str = ""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def db(self) -> Path:
@@ -79,9 +83,10 @@ class Collector:
         )
         path = self.workdir / "collector.yaml"
         path.write_text(
-            f"listen: {{host: 127.0.0.1, port: {self.port}}}\n"
+            f"listen: {{host: 127.0.0.1, port: {self.port}{', tls: ' + self.tls if self.tls else ''}}}\n"
             f"store: {{backend: sqlite, path: \"{self.db}\"}}\n"
             f"probes:\n{probes}\n"
+            + self.extra
         )
         return path
 
@@ -125,10 +130,11 @@ class Responder:
 
 
 def probe_config(path: Path, probe_id: str, token: str, collector: Collector, targets: str, city: str = "lishui",
-                 interval: str = "1s") -> Path:
+                 interval: str = "1s", collector_extra: str = "") -> Path:
+    """`collector_extra`: more keys of the collector mapping, e.g. `, ca_file: /x/ca.pem`."""
     path.write_text(
         f"probe: {{id: {probe_id}, city: {city}, isp: test-isp}}\n"
-        f"collector: {{url: \"{collector.url}\", token: \"{token}\", batch_max_age: 300ms, backoff_base: 100ms, backoff_cap: 1s, timeout: 2s}}\n"
+        f"collector: {{url: \"{collector.url}\", token: \"{token}\", batch_max_age: 300ms, backoff_base: 100ms, backoff_cap: 1s, timeout: 2s{collector_extra}}}\n"
         f"spool: {{path: \"{path.parent / (probe_id + '-spool.db')}\"}}\n"
         f"scheduler: {{shutdown_flush: 3s}}\n"
         f"defaults:\n"

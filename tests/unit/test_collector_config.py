@@ -35,9 +35,11 @@ def test_example_config_validates() -> None:
     text = (ROOT / "configs" / "collector.yaml").read_text()
     for key in ("listen:", "host:", "port:", "store:", "backend:", "path:", "probes:", "token_sha256:",
                 "limits:", "max_body_bytes:", "max_results_per_batch:", "metrics:", "series_ttl:", "log_level:",
-                "sla:", "profiles:", "windows:", "interval:", "open_after:", "close_after:", "cache:"):  # fmt: skip
+                "sla:", "profiles:", "windows:", "interval:", "open_after:", "close_after:", "cache:",
+                "tls:", "cert_file:", "key_file:", "client_ca_file:", "metrics_listen:"):  # fmt: skip
         assert key in text
-    assert set(CollectorConfig.__struct_fields__) == {"listen", "store", "probes", "limits", "metrics", "sla", "log_level"}
+    assert set(CollectorConfig.__struct_fields__) == {"listen", "metrics_listen", "store", "probes", "limits", "metrics", "sla",
+                                                       "log_level"}
 
 
 @pytest.mark.parametrize(
@@ -95,3 +97,30 @@ def test_hash_token_prints_the_sha256(capsys: pytest.CaptureFixture[str]) -> Non
 def test_token_table_maps_bearer_tokens_to_probes(header: str | None, probe: str | None) -> None:
     config, _ = load_collector_config(DATA / "collector_minimal.yaml")
     assert TokenTable(config.probes).probe_for(header) == probe
+
+
+def test_token_rotation_two_valid_tokens_for_one_probe_during_the_change_over(tmp_path: Path) -> None:
+    path = tmp_path / "collector.yaml"
+    path.write_text(f"probes:\n  - {{id: p1, token_sha256: [{hash_token('old-token')}, {hash_token('new-token')}]}}\n"
+                    f"  - {{id: p2, token_sha256: {hash_token('p2-token')}}}\n")  # fmt: skip
+    config, _ = load_collector_config(path)
+    table = TokenTable(config.probes)
+    assert [table.probe_for(f"Bearer {t}") for t in ("old-token", "new-token", "p2-token", "x")] == ["p1", "p1", "p2", None]
+
+
+@pytest.mark.parametrize(
+    ("hashes", "field", "reason"),
+    [
+        ("[A, B, C]", "probes[0].token_sha256", "length <= 2"),
+        ("[A, A]", "probes[0].token_sha256[1]", "the same token twice"),
+        ("[A, nothex]", "probes[0].token_sha256[1]", "64 lowercase hex digits"),
+        ("[]", "probes[0].token_sha256", "length >= 1"),
+    ],
+)
+def test_token_rotation_lists_are_checked(tmp_path: Path, hashes: str, field: str, reason: str) -> None:
+    path = tmp_path / "collector.yaml"
+    hashes = hashes.replace("A", hash_token("a")).replace("B", hash_token("b")).replace("C", hash_token("c"))
+    path.write_text(f"probes:\n  - {{id: p1, token_sha256: {hashes}}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_collector_config(path)
+    assert caught.value.field == field and reason in caught.value.reason, caught.value
