@@ -248,6 +248,7 @@ def _run_agent(tool: str, icmp: str, packet_interval: float, targets: list[str],
         f"store: {{backend: sqlite, path: \"{collector_db}\"}}\n"
         f"log_level: warning\n"
         f"probes:\n  - {{id: {PROBE}, token_sha256: {hashlib.sha256(TOKEN.encode()).hexdigest()}}}\n"
+        f"limits: {{max_targets_per_probe: 10000}}\n"  # one probe with up to 1000 targets
     )
     # What an operator writes for per-second pings of many targets: one icmp job per target.
     (workdir / "probe.yaml").write_text(

@@ -122,7 +122,10 @@ def collector(workdir: Path, name: str, store: str) -> tuple[subprocess.Popen[by
     config = workdir / f"{name}.yaml"
     config.write_text(f"listen: {{host: 127.0.0.1, port: {port}}}\nstore: {store}\n"
                       f"probes:\n  - {{id: {PROBE}, token_sha256: {hashlib.sha256(TOKEN.encode()).hexdigest()}}}\n"
-                      "log_level: warning\n")  # fmt: skip
+                      "log_level: warning\n"
+                      # the ceiling of ingest is measured, not the per-probe limits that protect it
+                      "limits: {requests_per_second: 1000000, request_burst: 1000000, results_per_second: 1000000000,"
+                      " result_burst: 1000000000}\n")  # fmt: skip
     process = start_listening([sys.executable, "-m", "qiancheng.collector.main", "--config", str(config)], workdir / f"{name}.log", port)
     return process, f"http://127.0.0.1:{port}/api/v1/results"
 

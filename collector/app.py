@@ -94,11 +94,15 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await seams.store_opener(config.store)
     try:
         allowed = {probe.id for probe in config.probes}
-        app[STATE_KEY].restore(await store.latest(), await store.probes(), allowed)
+        latest = await store.latest()
+        app[STATE_KEY].restore(latest, await store.probes(), allowed)
+        known_targets: dict[str, set[str]] = {}
+        for stored in latest:  # what each probe already reports counts against limits.max_targets_per_probe
+            known_targets.setdefault(stored.probe_id, set()).add(stored.result.target.name)
         app[STORE_KEY] = store
         mutual_tls = config.listen.tls is not None and bool(config.listen.tls.client_ca_file)
         app[INGEST_KEY] = Ingest(TokenTable(config.probes), store, app[STATE_KEY], config.limits, seams.clock,
-                                 client_certificates=mutual_tls)  # fmt: skip
+                                 client_certificates=mutual_tls, known_targets=known_targets)  # fmt: skip
         log.info(kv("store_opened", backend=store.backend, path=config.store.location,
                     series=len(app[STATE_KEY].series), probes=len(app[STATE_KEY].probes)))  # fmt: skip
         yield

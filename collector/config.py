@@ -115,11 +115,23 @@ class ProbeEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Bounds on one request, so that no client can make the collector use unbounded memory."""
+    """Bounds on requests and on what a probe may push, so that no client can make the collector use
+    unbounded memory, fill /metrics, or crowd out the other probes."""
 
     #: applies to the body as sent and again after gzip inflation (a small body may inflate hugely)
     max_body_bytes: Size = Size(16 * 1024 * 1024)
     max_results_per_batch: Annotated[int, msgspec.Meta(ge=1, le=MAX_RESULTS_PER_BATCH)] = MAX_RESULTS_PER_BATCH
+    #: per probe: pushes a second, and how many may come at once after a quiet spell (429 beyond)
+    requests_per_second: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    request_burst: Annotated[int, msgspec.Meta(ge=1)] = 20
+    #: per probe: results a second, and at once; a probe replaying an outage from its spool goes at this
+    #: pace (429 with Retry-After beyond). The burst must hold the largest batch.
+    results_per_second: Annotated[float, msgspec.Meta(gt=0)] = 5000.0
+    result_burst: Annotated[int, msgspec.Meta(ge=1)] = 2 * MAX_RESULTS_PER_BATCH
+    #: pushes in progress at once over all probes; more get 503 with Retry-After, never a queue in memory
+    max_concurrent_requests: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 64
+    #: distinct target names one probe may report; a batch naming more is refused (422)
+    max_targets_per_probe: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 256
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -164,6 +176,9 @@ def _check(config: CollectorConfig, document: YamlDocument) -> None:
             hashes[digest] = index
     if config.limits.max_body_bytes < _MIN_BODY_BYTES:
         raise document.error(("limits", "max_body_bytes"), f"must be at least {_MIN_BODY_BYTES} bytes")
+    if config.limits.result_burst < config.limits.max_results_per_batch:
+        raise document.error(("limits", "result_burst"), f"must hold the largest batch: at least "
+                             f"max_results_per_batch ({config.limits.max_results_per_batch})")  # fmt: skip
     _check_store(config.store, document)
     _check_listen(config, document)
 

@@ -5,6 +5,9 @@ Checks run cheapest first, so that a client without a token never gets its body 
 | check                                            | answer |
 |--------------------------------------------------|--------|
 | no `Authorization: Bearer`, or an unknown token  | 401    |
+| a client certificate naming another probe (mTLS) | 403    |
+| limits.max_concurrent_requests pushes in progress| 503    |
+| the probe's request bucket is empty              | 429    |
 | Content-Type not JSON / Content-Encoding not gzip| 415    |
 | body (as sent, or inflated) over max_body_bytes  | 413    |
 | gzip that does not inflate                       | 400    |
@@ -13,21 +16,25 @@ Checks run cheapest first, so that a client without a token never gets its body 
 | batch of another probe than the token's          | 403    |
 | more results than max_results_per_batch          | 413    |
 | a result not numbered by the spool (seq 0)       | 422    |
+| more targets than limits.max_targets_per_probe   | 422    |
+| the probe's result bucket cannot hold the batch  | 429    |
 | the store failed (disk full, I/O error), or is   | 503    |
 | down or slower than store.influx.timeout         |        |
 | stored now, or stored before (duplicate)         | 200    |
 
-Every refusal is JSON (`ErrorBody`) and never a 5xx: a 5xx is left to genuine bugs (500) and to a
-store that cannot commit (503, with Retry-After, so that the probe keeps the batch and retries).
+Every refusal is JSON (`ErrorBody`) and never a 5xx: a 5xx is left to genuine bugs (500), to a store
+that cannot commit and to too many pushes at once (503). 429 and 503 carry Retry-After: the probe keeps
+the batch in its spool and tries again then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import aiohttp
 import msgspec
@@ -44,6 +51,7 @@ from .bodies import Ack, ErrorBody, encode
 from .body import BadEncoding, BodyTooLarge, read_bounded
 from .config import LimitsConfig
 from .live import LiveState
+from .ratelimit import ProbeLimiter
 from .store import BatchOutcome, Store, StoreError
 from .tls import certificate_names
 
@@ -132,14 +140,22 @@ class Ingest:
         limits: LimitsConfig,
         clock: Callable[[], int] = wall_ns,
         client_certificates: bool = False,
+        known_targets: Mapping[str, Iterable[str]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`client_certificates`: mutual TLS is on, and a probe's verified certificate must name it."""
+        """`client_certificates`: mutual TLS is on, and a probe's verified certificate must name it.
+        `known_targets`: the target names each probe has in the store, counted against its limit."""
         self._tokens = tokens
         self._store = store
         self._state = state
         self._limits = limits
         self._clock = clock
+        self._monotonic = monotonic
         self._client_certificates = client_certificates
+        self._rates = ProbeLimiter(limits.requests_per_second, limits.request_burst,
+                                   limits.results_per_second, limits.result_burst)  # fmt: skip
+        self._in_flight = 0
+        self._targets: dict[str, set[str]] = {probe: set(names) for probe, names in (known_targets or {}).items()}
         #: called with every batch after its commit (duplicates too), before the probe is answered
         self.after_store: list[AfterStore] = []
 
@@ -147,7 +163,7 @@ class Ingest:
         """The aiohttp handler; refusals become JSON, anything else propagates (a bug: 500)."""
         status = 500
         try:
-            response = await self._handle(request)
+            response = await self._admit(request)
             status = response.status
             return response
         except Refused as refused:
@@ -156,7 +172,8 @@ class Ingest:
         finally:
             self._state.count_request(status)
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _admit(self, request: web.Request) -> web.Response:
+        """Authenticate, then hold one of the concurrent-push slots while the push is handled."""
         probe = self._tokens.probe_for(request.headers.get(hdrs.AUTHORIZATION))
         if probe is None:
             reason = "bearer token required" if hdrs.AUTHORIZATION not in request.headers else "invalid token"
@@ -170,6 +187,19 @@ class Ingest:
                 reason = f"the client certificate names {', '.join(sorted(names)) or 'no one'}, not probe {probe!r}"
                 self._refused(request, 403, reason, probe)
                 raise Refused(403, reason)
+        if self._in_flight >= self._limits.max_concurrent_requests:
+            # refused before the body is read: what waits is bounded by the slots, never a queue in memory
+            raise Refused(503, f"{self._in_flight} pushes in progress (limits.max_concurrent_requests); retry later",
+                          headers={hdrs.RETRY_AFTER: "1"})  # fmt: skip
+        self._in_flight += 1
+        try:
+            return await self._handle(request, probe)
+        finally:
+            self._in_flight -= 1
+
+    async def _handle(self, request: web.Request, probe: str) -> web.Response:
+        if wait := self._rates.request(probe, self._monotonic()):
+            raise _too_many(f"probe {probe!r} pushes faster than limits.requests_per_second", wait)
         try:
             batch = await self._read_batch(request)
         except Refused as refused:
@@ -182,6 +212,12 @@ class Ingest:
             self._state.count_batch("rejected", len(batch.results))
             self._refused(request, refused.status, refused.error, probe, refused.field)
             raise
+        if (too_many_targets := self._cardinality(batch)) is not None:
+            self._refused(request, 422, too_many_targets.error, probe, too_many_targets.field)
+            raise too_many_targets
+        if wait := self._rates.results(probe, len(batch.results), self._monotonic()):
+            self._state.count_batch("rate_limited", len(batch.results))
+            raise _too_many(f"probe {probe!r} sends more results than limits.results_per_second", wait)
         received_ns = self._clock()
         try:
             # shielded: once the commit is under way, a client that hangs up or a server stopping must
@@ -228,6 +264,33 @@ class Ingest:
             if result.seq < 1:
                 raise Refused(422, "must be ≥ 1: results are numbered by the probe's spool", f"$.results[{index}].seq")
 
+    def _cardinality(self, batch: Batch) -> Refused | None:
+        """A 422 when the batch would take its probe past limits.max_targets_per_probe, else None.
+
+        New names are admitted in the order they appear, up to the limit; the batch is refused whole,
+        its results for names past the limit counted as `cardinality`, the others as `rejected`.
+        """
+        known = self._targets.get(batch.probe_id, set())
+        limit = self._limits.max_targets_per_probe
+        admitted: set[str] = set()
+        beyond: list[int] = []
+        for index, result in enumerate(batch.results):
+            name = result.target.name
+            if name in known or name in admitted:
+                continue
+            if len(known) + len(admitted) < limit:
+                admitted.add(name)
+            else:
+                beyond.append(index)
+        if not beyond:
+            return None
+        self._state.count_batch("rejected")
+        self._state.count_results("cardinality", len(beyond))
+        self._state.count_results("rejected", len(batch.results) - len(beyond))
+        names = len(known | {result.target.name for result in batch.results})
+        return Refused(422, f"probe {batch.probe_id!r} would report {names} targets, more than "
+                            f"limits.max_targets_per_probe ({limit})", f"$.results[{beyond[0]}].target.name")  # fmt: skip
+
     async def _commit(self, batch: Batch, received_ns: int) -> BatchOutcome:
         started = time.perf_counter()
         outcome = await self._store.store_batch(batch, received_ns)
@@ -248,6 +311,7 @@ class Ingest:
             state.count_results("duplicate", total - outcome.stored - outcome.conflicts)
             state.count_results("conflict", outcome.conflicts)
             state.apply(batch.probe_id, batch.city, batch.isp, outcome.new, received_ns)
+            self._targets.setdefault(batch.probe_id, set()).update(result.target.name for result in outcome.new)
         if outcome.conflicts:
             # the same seq with another start time: the probe's spool restarted its numbering; its new
             # results are not stored until its seqs pass the old ones, so an operator must act
@@ -262,6 +326,14 @@ class Ingest:
         # no headers are logged: the Authorization header is a secret
         log.warning(kv("batch_refused", status=status, reason=reason, field=field or "-", probe=probe or "-",
                        remote=request.remote or "-"))  # fmt: skip
+
+
+def _too_many(reason: str, wait: float) -> Refused:
+    """429 with the whole seconds until the probe's bucket holds enough again (inf: never, the batch is
+    larger than the bucket: the probe should split it, so say 413)."""
+    if wait == float("inf"):
+        return Refused(413, f"{reason}: the batch is larger than the bucket (limits.result_burst)")
+    return Refused(429, reason, headers={hdrs.RETRY_AFTER: str(max(1, math.ceil(wait)))})
 
 
 #: the application's ingest endpoint, made once the store is open

@@ -32,6 +32,14 @@ __all__ = [
 LABELS: Final = ("probe", "city", "isp", "target", "target_class", "kind")
 #: label names of per-probe series
 PROBE_LABELS: Final = ("probe", "city", "isp")
+#: the longest label value taken from a result's free text (`info`), as the wire bounds city and isp
+MAX_LABEL_VALUE: Final = 128
+_CONTROL = dict.fromkeys([*range(0x20), 0x7F])
+
+
+def label_value(text: str) -> str:
+    """A result's free text as a label value: control characters out, at most MAX_LABEL_VALUE long."""
+    return text.translate(_CONTROL)[:MAX_LABEL_VALUE]
 
 
 def series_labels(probe: str, city: str, isp: str, result: Result) -> tuple[str, ...]:
@@ -160,7 +168,7 @@ class LiveState:
         info = result.info
         for metric, keys in self.info_keys.items():
             if any(key in info for key in keys) and order > series.info_order.get(metric, (-1, -1)):
-                series.info_labels[metric] = tuple(info.get(key, "") for key in keys)
+                series.info_labels[metric] = tuple(label_value(info.get(key, "")) for key in keys)
                 series.info_order[metric] = order
 
     def apply(self, probe: str, city: str, isp: str, results: Iterable[Result], now_ns: int) -> None:

@@ -195,8 +195,8 @@ HELP: Final = {
     "qiancheng_probe_measured_total": "Tests the probe has measured, as the probe reports it.",
     "qiancheng_probe_info": "Constant 1, labelled with the probe's free labels from its latest batch.",
     "qiancheng_ingest_requests_total": "POST /api/v1/results requests by HTTP status code.",
-    "qiancheng_ingest_batches_total": "Batches by outcome: stored, duplicate (batch_id seen before), rejected.",
-    "qiancheng_ingest_results_total": "Results by outcome: stored, duplicate (seq or batch seen before), conflict (seq reused with another start time: not stored), rejected.",
+    "qiancheng_ingest_batches_total": "Batches by outcome: stored, duplicate (batch_id seen before), rejected, rate_limited (429: sent again later).",
+    "qiancheng_ingest_results_total": "Results by outcome: stored, duplicate (seq or batch seen before), conflict (seq reused with another start time: not stored), rejected, cardinality (a target past limits.max_targets_per_probe), rate_limited (429: sent again later).",
     "qiancheng_ingest_commit_seconds": "Time to commit one batch durably to the store, seconds.",
     "qiancheng_series": "Per-test series currently shown (probe x target x kind, with city, isp, class).",
 }

@@ -8,12 +8,15 @@ import msgspec
 
 from .result import NAME_PATTERN, BadKey, Result
 
-__all__ = ["Batch", "RESULTS_PATH", "MAX_RESULTS_PER_BATCH", "encode_batch", "decode_batch"]
+__all__ = ["Batch", "Label", "LABEL_VALUE_PATTERN", "RESULTS_PATH", "MAX_RESULTS_PER_BATCH", "encode_batch", "decode_batch"]
 
 RESULTS_PATH: Final = "/api/v1/results"
 MAX_RESULTS_PER_BATCH: Final = 10_000
 
-Label = Annotated[str, msgspec.Meta(max_length=128)]
+#: a label value (city, isp, labels): what Prometheus shows, so bounded in length, and with no control
+#: characters (they would garble a log line, a dashboard or a terminal)
+LABEL_VALUE_PATTERN: Final = r"^[^\x00-\x1f\x7f]*$(?!\n)"
+Label = Annotated[str, msgspec.Meta(max_length=128, pattern=LABEL_VALUE_PATTERN)]
 LabelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")]
 
 

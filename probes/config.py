@@ -29,6 +29,7 @@ from qiancheng.core.kind_settings import (
 from qiancheng.core.kinds import KINDS, kind_named
 from qiancheng.core.result import NAME_PATTERN, Target
 from qiancheng.core.units import Duration, Size
+from qiancheng.core.wire import Label
 
 from .transport import TlsSettingsError, client_context
 
@@ -46,7 +47,6 @@ __all__ = [
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 LabelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")]
-Label = Annotated[str, msgspec.Meta(max_length=128)]
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?)*\.?$")
 

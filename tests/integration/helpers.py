@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from qiancheng.probes.spool import Spool
 from tests.conftest import PYTHON, Processes, free_port, wait_tcp
 
 
@@ -176,3 +178,17 @@ def probe_once_json(*args: str, setup: str = "", drop_net_raw: bool = False, tim
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert done.returncode in (0, 1), f"exit {done.returncode}: {done.stderr}"
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def spool_counters(path: Path) -> tuple[int, int]:
+    """(results measured in total, results still waiting) of a stopped probe's spool file."""
+
+    async def read() -> tuple[int, int]:
+        spool = Spool(str(path), max_bytes=1 << 30)
+        try:
+            counters = await spool.counters()
+            return counters.measured_total, counters.backlog
+        finally:
+            spool.close()
+
+    return asyncio.run(read())

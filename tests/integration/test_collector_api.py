@@ -116,7 +116,8 @@ class RunningCollector:
             f"listen: {{host: 127.0.0.1, port: {self.port}}}\n"
             f"store: {{backend: sqlite, path: \"{self.db}\"}}\n"
             f"probes:\n{probes}"
-            "limits: {max_body_bytes: 1MiB, max_results_per_batch: 500}\n"
+            # pushes in bursts (concurrency and refusal tests) without meeting the per-probe rate limits
+            "limits: {max_body_bytes: 1MiB, max_results_per_batch: 500, requests_per_second: 1000, request_burst: 1000}\n"
             "log_level: debug\n"
         )
         return path

@@ -6,26 +6,12 @@ what the probe measured.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from pathlib import Path
 
-from qiancheng.probes.spool import Spool
 from tests.conftest import PYTHON, Processes
-from tests.integration.helpers import Collector, Responder, probe_config, wait_for
-
-
-def _counters(path: Path) -> tuple[int, int]:
-    async def read() -> tuple[int, int]:
-        spool = Spool(str(path), max_bytes=1 << 30)
-        try:
-            c = await spool.counters()
-            return c.measured_total, c.backlog
-        finally:
-            spool.close()
-
-    return asyncio.run(read())
+from tests.integration.helpers import Collector, Responder, probe_config, spool_counters, wait_for
 
 
 def test_outages_restarts_and_kill9_lose_nothing(processes: Processes, tmp_path: Path) -> None:
@@ -71,7 +57,7 @@ def test_outages_restarts_and_kill9_lose_nothing(processes: Processes, tmp_path:
     stored = collector.stored()
     for probe in tokens:
         seqs = [seq for p, seq in stored if p == probe]
-        measured, backlog = _counters(tmp_path / f"{probe}-spool.db")
+        measured, backlog = spool_counters(tmp_path / f"{probe}-spool.db")
         assert backlog == 0, f"{probe}: {backlog} results still in the spool after a clean stop"
         assert seqs, f"{probe}: nothing stored"
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{probe}: gap or repeat in seq"

@@ -36,7 +36,9 @@ def test_example_config_validates() -> None:
     for key in ("listen:", "host:", "port:", "store:", "backend:", "path:", "probes:", "token_sha256:",
                 "limits:", "max_body_bytes:", "max_results_per_batch:", "metrics:", "series_ttl:", "log_level:",
                 "sla:", "profiles:", "windows:", "interval:", "open_after:", "close_after:", "cache:",
-                "tls:", "cert_file:", "key_file:", "client_ca_file:", "metrics_listen:"):  # fmt: skip
+                "tls:", "cert_file:", "key_file:", "client_ca_file:", "metrics_listen:", "requests_per_second:",
+                "request_burst:", "results_per_second:", "result_burst:", "max_concurrent_requests:",
+                "max_targets_per_probe:"):  # fmt: skip
         assert key in text
     assert set(CollectorConfig.__struct_fields__) == {"listen", "metrics_listen", "store", "probes", "limits", "metrics", "sla",
                                                        "log_level"}
