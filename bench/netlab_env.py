@@ -1,6 +1,7 @@
-"""Set-up shared by the benchmarks that build the tests' network (accuracy.py, throughput.py): import it
-first. Started by an interpreter without the project, it runs the benchmark again under the project's
-own venv; then it puts the project root on sys.path, for the `tests.netlab` library."""
+"""Set-up shared by the benchmarks that reuse the tests' libraries (accuracy.py and throughput.py build
+the tests' network; fault_counts.py runs the tests' fault harness): import it first. Started by an
+interpreter without the project, it runs the benchmark again under the project's own venv; then it puts
+the project root on sys.path, for the `tests` package."""
 
 from __future__ import annotations
 

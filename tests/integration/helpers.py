@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -192,3 +193,9 @@ def spool_counters(path: Path) -> tuple[int, int]:
             spool.close()
 
     return asyncio.run(read())
+
+
+def ingest_answers(metrics: str, code: int) -> float:
+    """How many pushes the collector answered with `code`, from its /metrics text."""
+    match = re.search(rf'^qiancheng_ingest_requests_total\{{code="{code}"\}} (\S+)$', metrics, re.M)
+    return float(match[1]) if match else 0.0

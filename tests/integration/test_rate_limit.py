@@ -3,20 +3,14 @@ tight retry loop), and loses nothing: every result it measured is stored or stil
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from pathlib import Path
 
 from tests.conftest import PYTHON, Processes
-from tests.integration.helpers import Collector, probe_config, spool_counters, wait_for
+from tests.integration.helpers import Collector, ingest_answers, probe_config, spool_counters, wait_for
 
 PUSH_SECONDS = 8.0
-
-
-def _requests(metrics: str, code: int) -> float:
-    match = re.search(rf'^qiancheng_ingest_requests_total\{{code="{code}"\}} (\S+)$', metrics, re.M)
-    return float(match[1]) if match else 0.0
 
 
 def test_rate_limit_probe_waits_as_told_and_loses_nothing(processes: Processes, tmp_path: Path) -> None:
@@ -28,15 +22,15 @@ def test_rate_limit_probe_waits_as_told_and_loses_nothing(processes: Processes, 
     config = probe_config(tmp_path / "p1.yaml", "p1", "token-rate-limited-01", collector, targets, interval="1s")
     probe = processes.start(PYTHON, "-m", "qiancheng.probes.cli", "run", "--config", str(config), name="p1")
     started = time.monotonic()
-    wait_for(lambda: _requests(collector.metrics(), 429) >= 1, 15, "a 429 from the collector")
+    wait_for(lambda: ingest_answers(collector.metrics(), 429) >= 1, 15, "a 429 from the collector")
     time.sleep(max(0.0, PUSH_SECONDS - (time.monotonic() - started)))
     metrics = collector.metrics()
     elapsed = time.monotonic() - started
-    pushes = _requests(metrics, 200) + _requests(metrics, 429)
+    pushes = ingest_answers(metrics, 200) + ingest_answers(metrics, 429)
     # the probe batches every 300 ms; told to wait 2 s after each 429, it pushes about once a second at
     # most; a probe ignoring Retry-After would retry within its 100 ms backoff, ten times a second
     assert pushes <= elapsed * 1.5 + 2, f"{pushes} pushes in {elapsed:.1f} s"
-    assert _requests(metrics, 200) >= 2
+    assert ingest_answers(metrics, 200) >= 2
     probe.send_signal(signal.SIGTERM)
     assert probe.wait(timeout=10) == 0
     measured, backlog = spool_counters(tmp_path / "p1-spool.db")
