@@ -16,6 +16,7 @@ Checks run cheapest first, so that a client without a token never gets its body 
 | batch of another probe than the token's          | 403    |
 | more results than max_results_per_batch          | 413    |
 | a result not numbered by the spool (seq 0)       | 422    |
+| a start before 2020 or over a day in the future  | 422    |
 | more targets than limits.max_targets_per_probe   | 422    |
 | the probe's result bucket cannot hold the batch  | 429    |
 | the store failed (disk full, I/O error), or is   | 503    |
@@ -35,6 +36,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Final
 
 import aiohttp
 import msgspec
@@ -61,6 +63,11 @@ log = logging.getLogger("qiancheng.collector.ingest")
 
 #: what a probe is told to wait before retrying when the store cannot commit
 RETRY_AFTER_SECONDS = 5
+#: a result that says it started before 2020-01-01 comes from a probe whose clock was never set (1970
+#: after a cold boot without RTC or NTP): its timestamps would land outside every window and retention
+EARLIEST_START_NS: Final = 1_577_836_800 * 10**9
+#: how far a result's start may lie ahead of the collector's clock (probe clocks drift, but not by days)
+FUTURE_START_SLACK_NS: Final = 24 * 3600 * 10**9
 #: bodies larger than this are decoded in a worker thread. Decoding holds the GIL either way, but in a
 #: thread the loop still gets its turn every switch interval (5 ms), so /metrics and /healthz stay
 #: responsive while a big batch decodes (measured: ~25 us per ICMP result with 10 samples, most of it
@@ -260,9 +267,13 @@ class Ingest:
             raise Refused(
                 413, f"more than {self._limits.max_results_per_batch} results (limits.max_results_per_batch)", "$.results"
             )
+        latest_start = self._clock() + FUTURE_START_SLACK_NS
         for index, result in enumerate(batch.results):
             if result.seq < 1:
                 raise Refused(422, "must be ≥ 1: results are numbered by the probe's spool", f"$.results[{index}].seq")
+            if not EARLIEST_START_NS <= result.start_ns <= latest_start:
+                when = "before 2020" if result.start_ns < EARLIEST_START_NS else "over a day ahead of the collector's clock"
+                raise Refused(422, f"a start {when}: check the probe's clock (NTP)", f"$.results[{index}].start_ns")
 
     def _cardinality(self, batch: Batch) -> Refused | None:
         """A 422 when the batch would take its probe past limits.max_targets_per_probe, else None.

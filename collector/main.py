@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from qiancheng.core import logs
 from qiancheng.core.configfile import YamlDocument
@@ -33,6 +34,17 @@ log = logging.getLogger("qiancheng.collector")
 SHUTDOWN_SECONDS: Final = 15.0
 #: tokens shorter than this are probably not random secrets (a fast hash is only safe for those)
 _SHORT_TOKEN: Final = 16
+
+
+def _bad_request_in_one_line(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it cannot parse (a NUL in a header, a broken request line) with a traceback
+    at ERROR; it answered 400 already, so for operators that is one warning line, like other refusals."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, HttpProcessingError):
+        record.msg, record.args = kv("bad_http_request", status=error.code, reason=str(error.message)[:200]), ()
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"store {config.store.backend} {config.store.location}, {len(config.probes)} probes")  # fmt: skip
         return 0
     logs.setup(config.log_level)
+    logging.getLogger("aiohttp.server").addFilter(_bad_request_in_one_line)
     if not config.probes:
         log.warning(kv("no_probes", config=args.config, effect="every push will be refused with 401"))
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from qiancheng.core.wire import Batch, encode_batch
 
 TOKEN = "token-limits-0123456789"
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-NOW = 1_800_000_000_000_000_000
+NOW = time.time_ns()
 
 Client = TestClient[web.Request, web.Application]
 
