@@ -22,9 +22,6 @@ class TokenTable:
     def __init__(self, probes: Iterable[ProbeEntry]) -> None:
         self._entries = tuple((digest, probe.id) for probe in probes for digest in probe.token_hashes())
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def probe_for(self, authorization: str | None) -> str | None:
         """The probe id for an `Authorization: Bearer <token>` header value, or None."""
         if not authorization:

@@ -50,10 +50,10 @@ from qiancheng.core.wire import Batch, decode_batch
 
 from .auth import TokenTable
 from .bodies import Ack, ErrorBody, encode
-from .body import BadEncoding, BodyTooLarge, read_bounded
 from .config import LimitsConfig
 from .live import LiveState
 from .ratelimit import ProbeLimiter
+from .request_body import BadEncoding, BodyTooLarge, read_bounded
 from .store import BatchOutcome, Store, StoreError
 from .tls import certificate_names
 

@@ -1,50 +1,15 @@
 """Per-probe token buckets: how many requests and results a probe may push, and for how long to wait.
 
-A bucket holds up to `burst` tokens and refills at `rate` per second. A push takes its tokens at once
-or not at all; when it cannot, the answer says how long until it could (429 with Retry-After), so a
-probe replaying a long outage from its spool goes at the configured pace instead of in a tight loop.
-Pure: the caller passes the clock, in seconds.
+A push takes its tokens at once or not at all; when it cannot, the answer says how long until it could
+(429 with Retry-After), so a probe replaying a long outage from its spool goes at the configured pace
+instead of in a tight loop. Pure: the caller passes the clock, in seconds.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from qiancheng.core.token_bucket import TokenBucket
 
-__all__ = ["TokenBucket", "ProbeLimiter"]
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    """`burst` tokens at most, `rate` more per second."""
-
-    rate: float
-    burst: float
-    tokens: float
-    updated: float
-
-    @classmethod
-    def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
-        return cls(rate, burst, burst, now)
-
-    def _refill(self, now: float) -> None:
-        if now > self.updated:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-
-    def wait(self, amount: float, now: float) -> float:
-        """Seconds until `amount` tokens are there (0: now); inf if the bucket can never hold them."""
-        self._refill(now)
-        if amount <= self.tokens:
-            return 0.0
-        if amount > self.burst or self.rate <= 0:
-            return math.inf
-        return (amount - self.tokens) / self.rate
-
-    def take(self, amount: float, now: float) -> None:
-        """Spend `amount` tokens (after `wait` said 0)."""
-        self._refill(now)
-        self.tokens -= amount
+__all__ = ["ProbeLimiter"]
 
 
 class ProbeLimiter:

@@ -50,6 +50,9 @@ class ResponderLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     max_download_bytes: Size = Size(10 * _GIB)
     max_upload_bytes: Size = Size(10 * _GIB)
     max_concurrent_transfers: Positive = 16  # downloads + uploads in flight; more get 503
+    max_transfers_per_client: Positive = 8  # of those, from one client address; more get 503
+    # bytes one client address may move a minute (a 10 s test at 10 Gbit/s moves 12.5 GB); in debt: 429
+    max_client_bytes_per_minute: Size = Size(16 * _GIB)
     transfer_stall_timeout: Duration = Duration(30.0)  # a transfer making no progress this long is cut
     max_echo_connections: Positive = 256
     echo_idle_timeout: Duration = Duration(30.0)
@@ -117,6 +120,9 @@ def check_config(config: ResponderConfig, document: YamlDocument | None = None, 
             raise fail(["ports", name], f"port {port} is also the {used[port]} port")
         used.setdefault(port, name)
     limits = config.limits
+    largest = max(limits.max_download_bytes, limits.max_upload_bytes)
+    if limits.max_client_bytes_per_minute < largest:
+        raise fail(["limits", "max_client_bytes_per_minute"], f"must hold the largest transfer ({int(largest)} bytes)")
     for name in ("transfer_stall_timeout", "echo_idle_timeout"):
         if getattr(limits, name) <= 0:
             raise fail(["limits", name], "must be longer than 0s")

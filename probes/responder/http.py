@@ -14,13 +14,19 @@ Routes (sizes in bytes, durations in seconds):
 - `GET /healthz`: `{"status": "ok", ...}` with the transfers in flight.
 
 Downloads and uploads share `max_concurrent_transfers` slots; past it a request gets 503 with
-Retry-After rather than queueing, so a measurement never silently waits behind others.
+Retry-After rather than queueing, so a measurement never silently waits behind others. One client
+address may hold `max_transfers_per_client` of them (503 beyond) and move
+`max_client_bytes_per_minute`: a token bucket charged with the bytes each transfer really moved when it
+ends (a probe asks for more than it reads and closes at the end of its window); a client whose bucket
+is in debt gets 429 with Retry-After until it is paid back, so nobody can use a responder as a free
+bandwidth source.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -32,6 +38,7 @@ from aiohttp import web
 
 from qiancheng.core.clock import monotonic
 from qiancheng.core.logs import kv
+from qiancheng.core.token_bucket import TokenBucket
 
 from .config import ResponderLimits
 
@@ -56,26 +63,69 @@ T = TypeVar("T")
 
 
 class TransferSlots:
-    """A counter of downloads and uploads in flight, refusing past `limit` instead of queueing."""
+    """Downloads and uploads in flight, in all and per client address, refusing past the limits instead
+    of queueing; and each client's byte budget."""
 
-    def __init__(self, limit: int) -> None:
+    #: clients remembered at most before the idle ones (no transfer, budget full again) are forgotten
+    MAX_CLIENTS = 4096
+
+    def __init__(self, limit: int, per_client: int = 0, client_bytes_per_minute: int = 0) -> None:
         self.limit = limit
+        self.per_client = per_client or limit
         self.active = 0
+        self._bytes_per_minute = float(client_bytes_per_minute)
+        self._clients: dict[str, tuple[int, TokenBucket]] = {}
 
-    def full(self) -> bool:
-        """True when one more transfer would exceed the limit."""
-        return self.active >= self.limit
+    def refusal(self, client: str) -> str | None:
+        """Why one more transfer from `client` cannot start now, or None."""
+        if self.active >= self.limit:
+            return f"busy: {self.limit} transfers already in flight (max_concurrent_transfers)"
+        if self._clients.get(client, (0, None))[0] >= self.per_client:
+            return f"busy: {self.per_client} transfers from {client} already (max_transfers_per_client)"
+        return None
 
-    def acquire(self) -> bool:
-        """Take a slot if one is free; True on success (release it with `release`)."""
-        if self.full():
+    def acquire(self, client: str = "") -> bool:
+        """Take a slot if one is free for `client`; True on success (release it with `release`)."""
+        if self.refusal(client) is not None:
             return False
         self.active += 1
+        count, bucket = self._client(client)
+        self._clients[client] = (count + 1, bucket)
         return True
 
-    def release(self) -> None:
+    def release(self, client: str = "") -> None:
         """Give a slot back."""
         self.active -= 1
+        count, bucket = self._clients[client]
+        self._clients[client] = (count - 1, bucket)
+
+    def budget_wait(self, client: str) -> float:
+        """Seconds until `client`'s byte budget is out of debt (0: it may start a transfer)."""
+        if not self._bytes_per_minute:
+            return 0.0
+        count, bucket = self._client(client)
+        self._clients[client] = (count, bucket)
+        return bucket.wait(0, monotonic())
+
+    def charge(self, client: str, size: int) -> None:
+        """Charge the bytes a transfer moved; the budget may go into debt."""
+        if self._bytes_per_minute and client in self._clients:
+            self._clients[client][1].take(size, monotonic())
+
+    def _client(self, client: str) -> tuple[int, TokenBucket]:
+        known = self._clients.get(client)
+        if known is not None:
+            return known
+        if len(self._clients) >= self.MAX_CLIENTS:
+            self._forget_idle()
+        budget = max(self._bytes_per_minute, 1.0)
+        return 0, TokenBucket.full(budget / 60.0, budget, monotonic())
+
+    def _forget_idle(self) -> None:
+        now = monotonic()
+        for client, (count, bucket) in list(self._clients.items()):
+            if not count and bucket.wait(bucket.burst, now) == 0:
+                del self._clients[client]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +153,17 @@ def _error(status: int, message: str, field: str = "", headers: dict[str, str] |
     return web.json_response(body, status=status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
-def _busy(slots: TransferSlots) -> web.Response:
-    return _error(
-        503,
-        f"busy: {slots.limit} transfers already in flight (max_concurrent_transfers)",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
+def _busy(reason: str) -> web.Response:
+    return _error(503, reason, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def _over_budget(client: str, wait: float) -> web.Response:
+    return _error(429, f"{client} moved more than max_client_bytes_per_minute; retry later",
+                  headers={"Retry-After": str(max(1, math.ceil(wait)))})  # fmt: skip
+
+
+def _client(request: web.Request) -> str:
+    return request.remote or ""
 
 
 @web.middleware
@@ -144,16 +199,23 @@ async def _download(request: web.Request) -> web.StreamResponse:
     size = _download_size(request, state.limits)
     if isinstance(size, web.Response):
         return size
-    if not state.slots.acquire():
-        return _busy(state.slots)
+    client = _client(request)
+    if (busy := state.slots.refusal(client)) is not None:
+        return _busy(busy)
+    if wait := state.slots.budget_wait(client):
+        return _over_budget(client, wait)
+    state.slots.acquire(client)
+    moved = [0]
     try:
-        return await _send(request, state, size)
+        return await _send(request, state, size, moved)
     finally:
-        state.slots.release()
+        state.slots.release(client)
+        state.slots.charge(client, moved[0])
 
 
-async def _send(request: web.Request, state: _State, size: int) -> web.StreamResponse:
-    """Send `size` bytes from the shared in-memory file; a stalled or lost peer ends it quietly."""
+async def _send(request: web.Request, state: _State, size: int, moved: list[int]) -> web.StreamResponse:
+    """Send `size` bytes from the shared in-memory file (`moved[0]` counts them as they go); a stalled or
+    lost peer ends it quietly."""
     started = monotonic()
     stall = float(state.limits.transfer_stall_timeout)
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"})
@@ -172,7 +234,7 @@ async def _send(request: web.Request, state: _State, size: int) -> web.StreamRes
         socket_ = transport.get_extra_info("socket")
         if socket_ is None or transport.get_extra_info("sslcontext") is not None:
             raise ConnectionResetError("not a plain TCP connection")  # the responder serves plain HTTP only
-        await _in_thread(state, socket_.fileno(), stall, _send_body, state.source, state.source_bytes, size)
+        await _in_thread(state, socket_.fileno(), stall, _send_body, state.source, state.source_bytes, size, moved)
         await response.write_eof()
         log.debug(kv("download_done", peer=request.remote, bytes=size, seconds=monotonic() - started))
     except TimeoutError:
@@ -216,8 +278,8 @@ def _shutdown(raw: socket.socket) -> None:
         pass
 
 
-def _send_body(raw: socket.socket, source: BinaryIO, source_bytes: int, size: int) -> None:
-    """Send `size` bytes from `source` over and over with sendfile(2)."""
+def _send_body(raw: socket.socket, source: BinaryIO, source_bytes: int, size: int, moved: list[int]) -> None:
+    """Send `size` bytes from `source` over and over with sendfile(2), counting them in `moved[0]`."""
     sent = 0
     while sent < size:
         offset = sent % source_bytes
@@ -225,6 +287,7 @@ def _send_body(raw: socket.socket, source: BinaryIO, source_bytes: int, size: in
         if not count:
             raise ConnectionResetError(f"connection closed after {sent} of {size} bytes")
         sent += count
+        moved[0] = sent
 
 
 async def _upload_expect(request: web.Request) -> web.StreamResponse | None:
@@ -242,35 +305,44 @@ async def _upload_expect(request: web.Request) -> web.StreamResponse | None:
 
 
 def _upload_refusal(request: web.Request, state: _State) -> web.Response | None:
-    """413 for a declared length over the cap, 503 when every slot is taken, else None."""
+    """413 for a declared length over the cap, 503 when the slots are taken, 429 while the client's byte
+    budget is in debt, else None."""
     length, cap = request.content_length, int(state.limits.max_upload_bytes)
     if length is not None and length > cap:
         return _error(413, f"body of {length} bytes is over max_upload_bytes ({cap})", field="body")
-    if state.slots.full():
-        return _busy(state.slots)
+    client = _client(request)
+    if (busy := state.slots.refusal(client)) is not None:
+        return _busy(busy)
+    if wait := state.slots.budget_wait(client):
+        return _over_budget(client, wait)
     return None
 
 
 async def _upload(request: web.Request) -> web.StreamResponse:
     state = request.app[_STATE]
-    refusal = _upload_refusal(request, state)
+    # an Expect: 100-continue request was checked (and its declared length charged) by _upload_expect
+    refusal = None if request.headers.get("Expect") else _upload_refusal(request, state)
     if refusal is not None:
         refusal.force_close()  # the unread body must not be taken for the next request
         return refusal
-    state.slots.acquire()
+    client = _client(request)
+    if not state.slots.acquire(client):  # taken between the Expect answer and the body
+        return _busy(state.slots.refusal(client) or "busy")
+    moved = [0]
     try:
         length = request.content_length
         transport = request.transport
         # plain TCP only: on TLS the socket carries records, not the body
         socket_ = transport.get_extra_info("socket") if transport is not None and transport.get_extra_info("sslcontext") is None else None
         if length is not None and length >= DIRECT_READ_MIN_BYTES and socket_ is not None and "Transfer-Encoding" not in request.headers:
-            return await _upload_direct(request, state, length, socket_.fileno())
-        return await _upload_streamed(request, state)
+            return await _upload_direct(request, state, length, socket_.fileno(), moved)
+        return await _upload_streamed(request, state, moved)
     finally:
-        state.slots.release()
+        state.slots.release(client)
+        state.slots.charge(client, moved[0])
 
 
-async def _upload_direct(request: web.Request, state: _State, length: int, fd: int) -> web.StreamResponse:
+async def _upload_direct(request: web.Request, state: _State, length: int, fd: int, moved: list[int]) -> web.StreamResponse:
     """Read the rest of a body of `length` bytes in a reader thread, on a duplicate of the socket."""
     transport = request.transport
     assert transport is not None
@@ -285,7 +357,7 @@ async def _upload_direct(request: web.Request, state: _State, length: int, fd: i
     while piece := request.content.read_nowait():
         early += len(piece)
     try:
-        received, first, last = await _in_thread(state, fd, stall, _read_exactly, length - early)
+        received, first, last = await _in_thread(state, fd, stall, _read_exactly, length - early, moved)
     except TimeoutError:
         log.info(kv("upload_stalled", peer=request.remote, bytes=early, stall_seconds=stall))
         _drop_connection(request)
@@ -302,8 +374,8 @@ async def _upload_direct(request: web.Request, state: _State, length: int, fd: i
     return response
 
 
-def _read_exactly(raw: socket.socket, count: int) -> tuple[int, float, float]:
-    """Read and discard `count` bytes from `raw`: (bytes, first and last arrival)."""
+def _read_exactly(raw: socket.socket, count: int, moved: list[int]) -> tuple[int, float, float]:
+    """Read and discard `count` bytes from `raw`: (bytes, first and last arrival); `moved[0]` counts them."""
     buffer = memoryview(bytearray(_DIRECT_READ_BUFFER_BYTES))
     received, first, last = 0, 0.0, 0.0
     while received < count:
@@ -314,10 +386,11 @@ def _read_exactly(raw: socket.socket, count: int) -> tuple[int, float, float]:
         if not received:
             first = last
         received += got
+        moved[0] = received
     return received, first, last
 
 
-async def _upload_streamed(request: web.Request, state: _State) -> web.StreamResponse:
+async def _upload_streamed(request: web.Request, state: _State, moved: list[int]) -> web.StreamResponse:
     """Read the body through aiohttp, piece by piece (chunked bodies, small bodies)."""
     cap, stall = int(state.limits.max_upload_bytes), float(state.limits.transfer_stall_timeout)
     loop = asyncio.get_running_loop()
@@ -329,6 +402,7 @@ async def _upload_streamed(request: web.Request, state: _State) -> web.StreamRes
                 if not received:
                     first = last
                 received += len(chunk)
+                moved[0] = received
                 if received > cap:
                     response = _error(413, f"body is over max_upload_bytes ({cap})", field="body")
                     response.force_close()
@@ -378,7 +452,9 @@ def make_app(limits: ResponderLimits, chunk: bytes | None = None) -> web.Applica
     # 8 MiB of random bytes take tens of ms: made in a thread, off the start-up path; downloads wait for it
     filled = threads.submit(_fill, source, chunk or b"")
     size = len(chunk) if chunk else CHUNK_BYTES
-    app[_STATE] = _State(limits, TransferSlots(limits.max_concurrent_transfers), source, size, filled, threads, set())
+    slots = TransferSlots(limits.max_concurrent_transfers, limits.max_transfers_per_client,
+                          int(limits.max_client_bytes_per_minute))  # fmt: skip
+    app[_STATE] = _State(limits, slots, source, size, filled, threads, set())
 
     async def close_source(app: web.Application) -> None:
         # after the shutdown grace: transfers still under way end now, their threads return at once

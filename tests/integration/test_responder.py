@@ -26,8 +26,10 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from qiancheng.core.errors import ConfigError
+from qiancheng.probes.responder.config import load_responder_config
 from tests.conftest import Processes, free_port, script, wait_tcp
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import http_get, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -564,3 +566,56 @@ def test_sigterm_stops_within_two_seconds_even_mid_transfer(processes: Processes
             assert time.monotonic() - started < 2.5
     assert "responder_stopped" in responder.log()
     assert "Traceback" not in responder.log()
+
+
+def _limited(processes: Processes, tmp_path: Path, limits: str) -> Responder:
+    config = tmp_path / "responder.yaml"
+    config.write_text(f"limits:\n{limits}")
+    return start_responder(processes, config)
+
+
+async def test_rate_limit_responder_transfers_per_client_get_503(processes: Processes, tmp_path: Path) -> None:
+    limited = _limited(processes, tmp_path, "  max_concurrent_transfers: 4\n  max_transfers_per_client: 1\n"
+                                            "  transfer_stall_timeout: 2s\n")  # fmt: skip
+    stalled = socket.create_connection((HOST, limited.http_port))  # from 127.0.0.1, reading nothing
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(f"GET /download?bytes={GIB} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    try:
+        async with aiohttp.ClientSession() as session, aiohttp.ClientSession(connector=other) as elsewhere:
+            wait_for(lambda: json.loads(http_get(f"{limited.url}/healthz")[1])["transfers"] == 1, 5,
+                     "the stalled download to hold its slot")  # fmt: skip
+            async with session.get(f"{limited.url}/download?bytes=10") as response:
+                assert response.status == 503 and response.headers["Retry-After"] == "1"
+                assert "max_transfers_per_client" in (await response.json())["error"]
+            async with elsewhere.get(f"{limited.url}/download?bytes=10") as response:  # another client address
+                assert response.status == 200 and len(await response.read()) == 10
+    finally:
+        stalled.close()
+
+
+async def test_rate_limit_responder_bytes_per_client_per_minute_get_429(processes: Processes, tmp_path: Path) -> None:
+    limited = _limited(processes, tmp_path, "  max_download_bytes: 1MiB\n  max_upload_bytes: 1MiB\n"
+                                            "  max_client_bytes_per_minute: 2MiB\n")  # fmt: skip
+    other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession() as session, aiohttp.ClientSession(connector=other) as elsewhere:
+        # the budget is charged with what each transfer moved, when it ends: the third one puts it in debt
+        for _ in range(3):
+            async with session.get(f"{limited.url}/download?bytes={MIB}") as response:
+                assert response.status == 200 and len(await response.read()) == MIB
+        async with session.get(f"{limited.url}/download?bytes={MIB}") as response:
+            assert response.status == 429
+            assert 20 <= int(response.headers["Retry-After"]) <= 31  # 1 MiB of debt at 2 MiB a minute
+            assert "max_client_bytes_per_minute" in (await response.json())["error"]
+        async with session.post(f"{limited.url}/upload", data=b"x" * MIB) as response:  # declared length
+            assert response.status == 429
+        async with elsewhere.post(f"{limited.url}/upload", data=b"x" * MIB) as response:
+            assert response.status == 200 and (await response.json())["bytes"] == MIB
+
+
+def test_rate_limit_responder_budget_must_hold_the_largest_transfer(tmp_path: Path) -> None:
+    config = tmp_path / "responder.yaml"
+    config.write_text("limits:\n  max_download_bytes: 4GiB\n  max_client_bytes_per_minute: 1GiB\n")
+    with pytest.raises(ConfigError) as caught:
+        load_responder_config(config)
+    assert caught.value.field == "limits.max_client_bytes_per_minute" and caught.value.line == 3

@@ -16,10 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from qiancheng.collector.app import make_app, make_internal_app
 from qiancheng.collector.config import StoreConfig, load_collector_config
-from qiancheng.collector.ratelimit import TokenBucket
 from qiancheng.collector.store import BatchOutcome, Store
 from qiancheng.collector.store.sqlite import SqliteStore
 from qiancheng.core.result import Result, Target
+from qiancheng.core.token_bucket import TokenBucket
 from qiancheng.core.wire import Batch, encode_batch
 
 TOKEN = "token-limits-0123456789"

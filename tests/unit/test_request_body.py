@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from qiancheng.collector.body import BadEncoding, BodyTooLarge, GzipInflater, inflate_gzip, read_bounded
+from qiancheng.collector.request_body import BadEncoding, BodyTooLarge, GzipInflater, inflate_gzip, read_bounded
 
 MiB = 1024 * 1024
 
