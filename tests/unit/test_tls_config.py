@@ -102,6 +102,6 @@ def test_tls_probe_with_its_certificate_loads(tmp_path: Path, files: dict[str, s
 
 def test_tls_certificate_names_prefer_subject_alternative_names() -> None:
     assert certificate_names(None) == set()
-    san = {"subject": ((("commonName", "cn-name"),),), "subjectAltName": (("DNS", "p1"), ("IP Address", "10.0.0.1"))}
+    san = {"subject": ((("commonName", "cn-name"),),), "subjectAltName": (("DNS", "p1"), ("IP Address", "198.18.0.1"))}
     assert certificate_names(san) == {"p1"}
     assert certificate_names({"subject": ((("commonName", "p7"),),)}) == {"p7"}
