@@ -23,8 +23,9 @@ LEFT_FREE_BYTES = 192 * 1024
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A fresh directory with an 8 MiB tmpfs mounted on it, unmounted at the end (also on failure)."""
+def small_disk(processes: Processes, tmp_path: Path) -> Iterator[Path]:
+    """A fresh directory with an 8 MiB tmpfs mounted on it, unmounted at the end (also on failure), once
+    the processes writing to it have stopped."""
     require_root()
     mountpoint = tmp_path / "small-disk"
     mountpoint.mkdir()
@@ -33,7 +34,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mountpoint
     finally:
-        subprocess.run(["umount", "--lazy", str(mountpoint)], check=False)
+        processes.stop_all()  # the collector's store lives here: stop it before the file system goes
+        subprocess.run(["umount", str(mountpoint)], check=False)
 
 
 def _acked(spool: Path) -> int:
