@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,14 +65,14 @@ class ChaosCounts:
 
 def _spool_books(path: Path) -> tuple[int, int, int, set[int]]:
     """(measured_total, last_seq, dropped_total, seqs waiting) read straight from a stopped probe's spool."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         meta = dict(db.execute("SELECT key, value FROM meta"))
         waiting = {int(seq) for (seq,) in db.execute("SELECT seq FROM results")}
     return int(meta["measured_total"]), int(meta["last_seq"]), int(meta["dropped_total"]), waiting
 
 
 def stored_rows(db_path: Path, probe: str) -> list[tuple[int, str, str, int]]:
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
         return [(int(seq), str(target), str(kind), int(start)) for seq, target, kind, start in db.execute(
             "SELECT seq, target_name, kind, start_ns FROM results WHERE probe_id = ? ORDER BY seq", (probe,))]
 

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import time
 import urllib.request
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,11 +101,11 @@ class Collector:
 
     def stored(self) -> list[tuple[str, int]]:
         """(probe_id, seq) of every stored result."""
-        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as db:
             return [(str(p), int(s)) for p, s in db.execute("SELECT probe_id, seq FROM results ORDER BY probe_id, seq")]
 
     def kinds_stored(self) -> set[str]:
-        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)) as db:
             return {str(k) for (k,) in db.execute("SELECT DISTINCT kind FROM results")}
 
     def metrics(self) -> str:

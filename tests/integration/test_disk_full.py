@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,12 @@ def small_disk(processes: Processes, tmp_path: Path) -> Iterator[Path]:
         yield mountpoint
     finally:
         processes.stop_all()  # the collector's store lives here: stop it before the file system goes
-        subprocess.run(["umount", str(mountpoint)], check=False)
+        if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mountpoint)], check=False)  # never leave it mounted
 
 
 def _acked(spool: Path) -> int:
-    with sqlite3.connect(f"file:{spool}?mode=ro", uri=True) as db:
+    with closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True)) as db:
         return int(db.execute("SELECT value FROM meta WHERE key = 'acked_total'").fetchone()[0])
 
 
