@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .responder_secret import read_secret
+from .stamp_packet import AUTHENTICATED_PACKET_BYTES, PACKET_BYTES
 from .units import Duration, Size
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "ThroughputSettings",
     "DownloadSettings",
     "UploadSettings",
+    "settings_problem",
     "throughput_problem",
 ]
 
@@ -70,13 +73,22 @@ class TcpSettings(_Train, frozen=True, kw_only=True):
 class StampSettings(_Train, frozen=True, kw_only=True):
     """STAMP (RFC 8762) train to a session-reflector at `port` (ignored when the target carries its own).
 
-    `size` is the UDP payload in bytes: the 44-byte test packet plus zero padding; the reflector answers
-    with the same size.
+    `size` is the UDP payload in bytes: the test packet plus zero padding (unset: the packet alone, 44
+    bytes, or 112 authenticated); the reflector answers with the same size. With `secret_file` (the
+    responder's shared secret, core/responder_secret.py) the train runs in authenticated mode (RFC 8762
+    §4.2.2), its packets and the replies signed with HMAC-SHA-256.
     """
 
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8620
-    size: Annotated[int, msgspec.Meta(ge=44, le=9000)] = 44
+    size: Annotated[int, msgspec.Meta(ge=44, le=9000)] | None = None
     family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    secret_file: str | None = None
+
+    def packet_size(self) -> int:
+        """The bytes each packet carries: `size`, or the mode's base packet."""
+        if self.size is not None:
+            return self.size
+        return PACKET_BYTES if self.secret_file is None else AUTHENTICATED_PACKET_BYTES
 
 
 class DnsSettings(KindSettings, frozen=True, kw_only=True):
@@ -128,6 +140,7 @@ class ThroughputSettings(KindSettings, frozen=True, kw_only=True):
     max_seconds: Duration = Duration(30.0)
     url: str | None = None
     verify_tls: bool = True
+    secret_file: str | None = None  # the responder's shared secret: sent as its bearer credential
 
     def max_duration(self) -> float:
         return float(self.max_seconds) + float(self.timeout)
@@ -155,6 +168,35 @@ def throughput_problem(settings: ThroughputSettings) -> tuple[str, str] | None:
         return "window", f"{settings.window:g}s must hold at least two samples of sample_interval {settings.sample_interval:g}s"
     if settings.url is not None and not settings.url.startswith(("http://", "https://")):
         return "url", f"must be an http:// or https:// URL, got {settings.url[:80]!r}"
+    return _secret_problem(settings.secret_file)
+
+
+def settings_problem(settings: KindSettings) -> tuple[str, str] | None:
+    """(field, why) when these settings of any kind cannot be used (rules spanning fields, files they
+    name), else None; checked wherever settings enter."""
+    if isinstance(settings, ThroughputSettings):
+        return throughput_problem(settings)
+    if isinstance(settings, StampSettings):
+        return _stamp_problem(settings)
+    return None
+
+
+def _stamp_problem(settings: StampSettings) -> tuple[str, str] | None:
+    """(field, why) when these STAMP settings cannot be used, else None; checked where settings enter."""
+    if settings.secret_file is not None and settings.packet_size() < AUTHENTICATED_PACKET_BYTES:
+        return "size", (f"an authenticated STAMP packet is at least {AUTHENTICATED_PACKET_BYTES} bytes "
+                        f"(RFC 8762 §4.2.2), got {settings.packet_size()}")
+    return _secret_problem(settings.secret_file)
+
+
+def _secret_problem(file: str | None) -> tuple[str, str] | None:
+    """("secret_file", why) when the file named cannot serve as a secret, else None."""
+    if file is None:
+        return None
+    try:
+        read_secret(file)
+    except ValueError as error:
+        return "secret_file", str(error)
     return None
 
 

@@ -1,5 +1,5 @@
-"""STAMP test packets (RFC 8762), unauthenticated mode: the layouts both ends share, and the host facts
-both ends put in them (clock state for the Error Estimate, the TTL a packet arrived with).
+"""STAMP test packets (RFC 8762), unauthenticated and authenticated: the layouts both ends share, and the
+host facts both ends put in them (clock state for the Error Estimate, the TTL a packet arrived with).
 
 Session-Sender packet (RFC 8762 §4.2.1), 44 bytes before any padding:
 
@@ -13,6 +13,19 @@ Session-Reflector packet (RFC 8762 §4.3.1), 44 bytes before any padding:
     24 Session-Sender Sequence Number (4)                 28  Session-Sender Timestamp T1 (8)
     36 Session-Sender Error Estimate (2)                  38  MBZ (2)
     40 Session-Sender TTL (1)    41 MBZ (3)
+
+Authenticated mode (RFC 8762 §4.2.2 sender, §4.3.2 reflector), 112 bytes before any padding: the same
+fields, spread out with MBZ octets, and an HMAC over the first 96 bytes in bytes 96-111:
+
+    sender     0 Sequence (4)  16 T1 (8)  24 Error Estimate (2)  26 SSID (2)  96 HMAC (16)
+    reflector  0 Sequence (4)  16 T3 (8)  24 Error Estimate (2)  26 SSID (2)  32 T2 (8)
+               48 Session-Sender Sequence (4)  64 Session-Sender T1 (8)  72 Session-Sender Error Estimate (2)
+               80 Session-Sender TTL (1)  96 HMAC (16)
+
+The HMAC is HMAC-SHA-256 truncated to its first 16 bytes (RFC 8762 §4.4, as RFC 4868 uses it), keyed
+with the key both ends share (its distribution is outside STAMP; ours is a file on each end). A packet
+whose HMAC does not verify is discarded before any field is used. The HMAC is written after the
+transmit timestamp, so that is the last step before the send here.
 
 Bytes 14-15 are MBZ in RFC 8762; RFC 8972 §3 names them the Session-Sender Identifier (SSID), which a
 reflector copies back. We send 0 there (plain RFC 8762), and the reflector copies what it got.
@@ -32,6 +45,8 @@ Multiplier × 2^(Scale − 32) seconds.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
 import math
 import socket
 import struct
@@ -39,6 +54,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "PACKET_BYTES",
+    "AUTHENTICATED_PACKET_BYTES",
+    "packet_bytes",
     "NTP_UNIX_OFFSET_SECONDS",
     "ErrorEstimate",
     "SenderPacket",
@@ -55,19 +72,24 @@ __all__ = [
     "local_error_estimate",
     "enable_receive_ttl",
     "received_ttl",
-    "SENDER_TIMESTAMP_OFFSET",
-    "REFLECTOR_TIMESTAMP_OFFSET",
+    "seal",
+    "verify",
+    "timestamp_offset",
 ]
 
 #: Size of both unauthenticated packets without padding (RFC 8762 §4.2.1, §4.3.1); a shorter one is malformed.
 PACKET_BYTES = 44
+#: Size of both authenticated packets without padding (RFC 8762 §4.2.2, §4.3.2).
+AUTHENTICATED_PACKET_BYTES = 112
 #: Seconds from the NTP epoch (1900-01-01) to the Unix epoch (1970-01-01).
 NTP_UNIX_OFFSET_SECONDS = 2_208_988_800
-#: Where the transmit timestamp sits in either packet: written last, right before the send.
-SENDER_TIMESTAMP_OFFSET = REFLECTOR_TIMESTAMP_OFFSET = 4
 
 _SENDER = struct.Struct("!IQHH28x")
 _REFLECTOR = struct.Struct("!IQHHQIQH2xB3x")
+_SENDER_AUTHENTICATED = struct.Struct("!I12xQHH")
+_REFLECTOR_AUTHENTICATED = struct.Struct("!I12xQHH4xQ8xI12xQH6xB")
+_HMAC_OFFSET = 96
+_HMAC_BYTES = 16
 _TIMESTAMP = struct.Struct("!Q")
 _ERA_SECONDS = 1 << 32
 _NS = 1_000_000_000
@@ -146,9 +168,38 @@ def ns_from_timestamp(timestamp: int, estimate: ErrorEstimate) -> int:
     return ns_from_ptp(timestamp) if estimate.ptp_format else ns_from_ntp(timestamp)
 
 
-def stamp_timestamp(packet: bytearray, offset: int, unix_ns: int) -> None:
-    """Write an NTP timestamp into a built packet in place: the last step before it is sent."""
-    _TIMESTAMP.pack_into(packet, offset, ntp_from_ns(unix_ns))
+def packet_bytes(key: bytes | None) -> int:
+    """The smallest packet of the mode: 44 bytes unauthenticated (`key` None), 112 authenticated."""
+    return PACKET_BYTES if key is None else AUTHENTICATED_PACKET_BYTES
+
+
+def timestamp_offset(key: bytes | None) -> int:
+    """Where the transmit timestamp (T1 or T3) sits in either packet of the mode."""
+    return 4 if key is None else 16
+
+
+def stamp_timestamp(packet: bytearray, key: bytes | None, unix_ns: int) -> None:
+    """Write the transmit timestamp into a built packet in place and, authenticated, its HMAC: the
+    last step before it is sent."""
+    _TIMESTAMP.pack_into(packet, timestamp_offset(key), ntp_from_ns(unix_ns))
+    if key is not None:
+        seal(packet, key)
+
+
+def _digest(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    return hmac.digest(key, data[:_HMAC_OFFSET], hashlib.sha256)[:_HMAC_BYTES]
+
+
+def seal(packet: bytearray, key: bytes) -> None:
+    """Write the HMAC of an authenticated packet (RFC 8762 §4.4) over its first 96 bytes."""
+    packet[_HMAC_OFFSET:_HMAC_OFFSET + _HMAC_BYTES] = _digest(packet, key)
+
+
+def verify(data: bytes, key: bytes) -> bool:
+    """Whether an authenticated packet is at least 112 bytes and its HMAC is the one `key` gives
+    (compared in constant time)."""
+    return (len(data) >= AUTHENTICATED_PACKET_BYTES
+            and hmac.compare_digest(data[_HMAC_OFFSET:_HMAC_OFFSET + _HMAC_BYTES], _digest(data, key)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,21 +229,28 @@ class ReflectorPacket:
     size: int
 
 
-def build_sender_packet(sequence: int, unix_ns: int, estimate: ErrorEstimate, size: int = PACKET_BYTES,
-                        ssid: int = 0) -> bytearray:
-    """A Session-Sender packet of `size` bytes (≥ 44, zero padding); mutable, for `stamp_timestamp`."""
-    if size < PACKET_BYTES:
-        raise ValueError(f"a STAMP packet is at least {PACKET_BYTES} bytes, got {size}")
+def build_sender_packet(sequence: int, unix_ns: int, estimate: ErrorEstimate, size: int | None = None,
+                        ssid: int = 0, key: bytes | None = None) -> bytearray:
+    """A Session-Sender packet of `size` bytes (at least the mode's base packet, zero padding), authenticated
+    when a `key` is given; mutable, for `stamp_timestamp` (which writes the HMAC) right before the send."""
+    base = packet_bytes(key)
+    size = base if size is None else size
+    if size < base:
+        raise ValueError(f"a{'n authenticated' if key is not None else ''} STAMP packet is at least {base} bytes, got {size}")
     packet = bytearray(size)
-    _SENDER.pack_into(packet, 0, sequence & 0xFFFFFFFF, ntp_from_ns(unix_ns), estimate.to_field(), ssid)
+    layout = _SENDER if key is None else _SENDER_AUTHENTICATED
+    layout.pack_into(packet, 0, sequence & 0xFFFFFFFF, ntp_from_ns(unix_ns), estimate.to_field(), ssid)
+    if key is not None:
+        seal(packet, key)
     return packet
 
 
-def parse_sender_packet(data: bytes) -> SenderPacket | None:
-    """The Session-Sender packet in `data`; None when it is shorter than 44 bytes or its estimate is corrupt."""
-    if len(data) < PACKET_BYTES:
+def parse_sender_packet(data: bytes, key: bytes | None = None) -> SenderPacket | None:
+    """The Session-Sender packet in `data`; None when it is shorter than the mode's base packet, its HMAC
+    does not verify (authenticated, `key` given) or its estimate is corrupt."""
+    if key is None and len(data) < PACKET_BYTES or key is not None and not verify(data, key):
         return None
-    sequence, timestamp, field, ssid = _SENDER.unpack_from(data)
+    sequence, timestamp, field, ssid = (_SENDER if key is None else _SENDER_AUTHENTICATED).unpack_from(data)
     estimate = ErrorEstimate.from_field(field)
     if estimate is None:
         return None
@@ -200,32 +258,36 @@ def parse_sender_packet(data: bytes) -> SenderPacket | None:
 
 
 def build_reflector_packet(received: bytes, receive_ns: int, ttl: int, estimate: ErrorEstimate,
-                           transmit_ns: int | None = None) -> bytearray | None:
-    """The stateless reflection (RFC 8762 §4.3, §4.3.1) of a received sender packet: same size, its
-    sequence number reused, its sequence, timestamp, error estimate, SSID and arrival TTL copied, T2 =
+                           transmit_ns: int | None = None, key: bytes | None = None) -> bytearray | None:
+    """The stateless reflection (RFC 8762 §4.3, §4.3.1, §4.3.2) of a received sender packet: same size,
+    its sequence number reused, its sequence, timestamp, error estimate, SSID and arrival TTL copied, T2 =
     `receive_ns`. T3 is `transmit_ns`, or 0 until `stamp_timestamp` writes it right before the send.
-    None for a packet shorter than 44 bytes (the answer is never larger than what was received) and for
-    one whose Error Estimate has a zero multiplier (RFC 4656 §4.1.2: corrupt, to be discarded).
+    None for a packet shorter than the mode's base packet (the answer is never larger than what was
+    received), for one whose HMAC does not verify (authenticated), and for one whose Error Estimate has
+    a zero multiplier (RFC 4656 §4.1.2: corrupt, to be discarded).
     """
-    if len(received) < PACKET_BYTES:
-        return None
-    sequence, timestamp, sender_field, ssid = _SENDER.unpack_from(received)
-    if sender_field & 0xFF == 0:
+    sender = parse_sender_packet(received, key)
+    if sender is None:
         return None
     reply = bytearray(len(received))
-    _REFLECTOR.pack_into(
-        reply, 0, sequence, 0 if transmit_ns is None else ntp_from_ns(transmit_ns), estimate.to_field(), ssid,
-        ntp_from_ns(receive_ns), sequence, timestamp, sender_field, ttl & 0xFF,
+    layout = _REFLECTOR if key is None else _REFLECTOR_AUTHENTICATED
+    layout.pack_into(
+        reply, 0, sender.sequence, 0 if transmit_ns is None else ntp_from_ns(transmit_ns), estimate.to_field(),
+        sender.ssid, ntp_from_ns(receive_ns), sender.sequence, sender.timestamp, sender.error_estimate.to_field(),
+        ttl & 0xFF,
     )
+    if key is not None:
+        seal(reply, key)
     return reply
 
 
-def parse_reflector_packet(data: bytes) -> ReflectorPacket | None:
-    """The Session-Reflector packet in `data`; None when it is shorter than 44 bytes or its estimate is corrupt."""
-    if len(data) < PACKET_BYTES:
+def parse_reflector_packet(data: bytes, key: bytes | None = None) -> ReflectorPacket | None:
+    """The Session-Reflector packet in `data`; None when it is shorter than the mode's base packet, its
+    HMAC does not verify (authenticated, `key` given) or an estimate is corrupt."""
+    if key is None and len(data) < PACKET_BYTES or key is not None and not verify(data, key):
         return None
     sequence, timestamp, field, ssid, receive, sender_sequence, sender_timestamp, sender_field, ttl = (
-        _REFLECTOR.unpack_from(data)
+        (_REFLECTOR if key is None else _REFLECTOR_AUTHENTICATED).unpack_from(data)
     )
     estimate = ErrorEstimate.from_field(field)
     sender_estimate = ErrorEstimate.from_field(sender_field)

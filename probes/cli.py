@@ -15,7 +15,7 @@ from rich.console import Console
 from qiancheng.core import __version__
 from qiancheng.core.configfile import decode_hook
 from qiancheng.core.errors import ConfigError
-from qiancheng.core.kind_settings import KindSettings, ThroughputSettings, throughput_problem
+from qiancheng.core.kind_settings import KindSettings, settings_problem
 from qiancheng.core.kinds import EXCLUSIVE_KINDS, KINDS, kind_named
 from qiancheng.core.result import Result, Target
 
@@ -28,7 +28,7 @@ __all__ = ["main"]
 # `once` flags that map one-to-one onto settings fields of the kinds that have them.
 _SETTING_FLAGS = ("count", "packet_interval", "timeout", "size", "port", "family", "resolver",
                   "query_name", "query_type", "protocol", "url", "expected_status", "verify_tls",
-                  "streams", "window", "warmup", "max_bytes")  # fmt: skip
+                  "streams", "window", "warmup", "max_bytes", "secret_file")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--streams", type=int, help="download/upload: parallel TCP streams (1-16)")
     once.add_argument("--duration", dest="window", help="download/upload: measured window after the warm-up, e.g. 10s")
     once.add_argument("--warmup", help="download/upload: longest warm-up before the window, e.g. 3s")
+    once.add_argument("--secret-file", metavar="FILE",
+                      help="download/upload/stamp: the responder's shared secret (STAMP then runs authenticated)")
     once.add_argument("--max-bytes", help="download/upload: byte cap of the test, e.g. 1GiB")
     return parser
 
@@ -85,7 +87,7 @@ def _once_settings(kind: str, args: argparse.Namespace) -> KindSettings:
         settings = msgspec.convert(accepted, settings_type, dec_hook=decode_hook)
     except msgspec.ValidationError as error:
         raise ValueError(str(error).replace("`$.", "--").replace("`", "")) from None
-    if isinstance(settings, ThroughputSettings) and (problem := throughput_problem(settings)):
+    if problem := settings_problem(settings):
         field, why = problem
         flag = "duration" if field == "window" else field.replace("_", "-")
         raise ValueError(f"--{flag} {why}")

@@ -18,13 +18,12 @@ from urllib.parse import urlsplit
 import msgspec
 
 from qiancheng.core.configfile import YamlDocument, load_struct
-from qiancheng.core.errors import ConfigError
 from qiancheng.core.kind_settings import (
     DnsSettings,
     HttpSettings,
     KindSettings,
     ThroughputSettings,
-    throughput_problem,
+    settings_problem,
 )
 from qiancheng.core.kinds import KINDS, kind_named
 from qiancheng.core.result import NAME_PATTERN, Target
@@ -32,7 +31,6 @@ from qiancheng.core.units import Duration, Size
 from qiancheng.core.wire import Label
 
 from .transport import TlsSettingsError, client_context
-
 
 __all__ = [
     "ProbeIdentity",
@@ -300,7 +298,7 @@ def _check_job(target: Target, kind: str, settings: KindSettings, path: list[str
             raise document.error(path + ["resolver"], f"not an IP address or host:port: {settings.resolver!r}")
         if settings.resolver is None and not settings.query_name:
             raise document.error(path, "give query_name (the target's address is the resolver)")
-    if isinstance(settings, ThroughputSettings) and (bad := throughput_problem(settings)):
+    if bad := settings_problem(settings):
         raise document.error(path + [bad[0]], bad[1])
     longest = settings.max_duration()
     if settings.interval < longest:

@@ -1,4 +1,8 @@
-"""STAMP Session-Sender (kind `stamp`, RFC 8762, unauthenticated): a train of test packets to a reflector.
+"""STAMP Session-Sender (kind `stamp`, RFC 8762): a train of test packets to a reflector.
+
+Unauthenticated mode (§4.2.1) by default; with `secret_file` (the responder's shared secret) the train
+runs in authenticated mode (§4.2.2): packets of at least 112 bytes, each signed with HMAC-SHA-256, and a
+reply counts only when its HMAC verifies (§4.4); the others are counted in `unauthenticated_replies`.
 
 Each train has its own UDP socket, connected to the reflector (so an ICMP port unreachable surfaces as
 `refused`), and numbers its packets from 0 (RFC 8762 §4.2.1). Packets are `size` bytes, zero padded;
@@ -49,10 +53,9 @@ from qiancheng.core.addresses import (
 )
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import StampSettings
+from qiancheng.core.responder_secret import read_secret
 from qiancheng.core.result import Target
 from qiancheng.core.stamp_packet import (
-    PACKET_BYTES,
-    SENDER_TIMESTAMP_OFFSET,
     ErrorEstimate,
     ReflectorPacket,
     build_sender_packet,
@@ -60,6 +63,7 @@ from qiancheng.core.stamp_packet import (
     local_error_estimate,
     ns_from_timestamp,
     ntp_from_ns,
+    packet_bytes,
     parse_reflector_packet,
     parse_sender_packet,
     received_ttl,
@@ -86,7 +90,8 @@ class StampTrain:
 
     count: int
     timeout: float
-    size: int = PACKET_BYTES
+    size: int = 44
+    key: bytes | None = None  # authenticated mode's HMAC key; None: unauthenticated
     sent_wall_ns: list[int] = field(default_factory=list)  # T1 as written into each packet
     sent_perf_ns: list[int] = field(default_factory=list)
     sent_kernel_ns: list[int] = field(default_factory=list)  # 0 until the kernel's send timestamp is read
@@ -99,6 +104,7 @@ class StampTrain:
     late: int = 0
     reordered: int = 0
     received: int = 0
+    unauthenticated: int = 0  # replies whose HMAC did not verify (authenticated mode): ignored
     refused: bool = False
     kernel_receive: bool = True
     reflector_estimate: ErrorEstimate | None = None
@@ -117,9 +123,9 @@ class StampTrain:
 
     def transmitted(self, looped: bytes, kernel_ns: int) -> None:
         """The kernel's send timestamp of a packet, given the packet as the error queue returned it."""
-        if len(looped) < PACKET_BYTES:
+        if len(looped) < self.size:
             return
-        sender = parse_sender_packet(looped[-self.size:]) if len(looped) >= self.size else None
+        sender = parse_sender_packet(looped[-self.size:], self.key)
         if sender is None or sender.sequence >= len(self.sent_wall_ns):
             return
         if sender.timestamp == ntp_from_ns(self.sent_wall_ns[sender.sequence]):
@@ -193,7 +199,9 @@ class StampTrain:
             except OSError:
                 continue
             perf_ns, receive_wall_ns = time.perf_counter_ns(), time.time_ns()
-            packet = parse_reflector_packet(data)
+            packet = parse_reflector_packet(data, self.key)
+            if packet is None and self.key is not None and len(data) >= packet_bytes(self.key):
+                self.unauthenticated += 1
             if packet is not None:
                 self.reply(packet, kernel_timestamp_ns(ancillary), receive_wall_ns, perf_ns, received_ttl(ancillary))
                 if self.complete is not None and self.complete.done():
@@ -244,8 +252,13 @@ async def measure(target: Target, settings: StampSettings) -> Outcome:
         raise MeasurementError("error", str(error)) from None
     family, address = await resolve(host, port, settings.family, socket.SOCK_DGRAM)
     loop = asyncio.get_running_loop()
+    try:
+        key = read_secret(settings.secret_file) if settings.secret_file is not None else None
+    except ValueError as error:
+        raise MeasurementError("error", f"secret_file: {error}") from None
+    size = settings.packet_size()
     own = local_error_estimate()
-    train = StampTrain(settings.count, float(settings.timeout), settings.size)
+    train = StampTrain(settings.count, float(settings.timeout), size, key)
     train.complete = loop.create_future()
     sock, send_timestamps = _open(family, address, port)
     loop.add_reader(sock.fileno(), train.read, sock)
@@ -256,9 +269,9 @@ async def measure(target: Target, settings: StampSettings) -> Outcome:
             delay = first_send + sequence * float(settings.packet_interval) - loop.time()
             if sequence and delay > 0:
                 await asyncio.sleep(delay)
-            packet = build_sender_packet(sequence, 0, own, settings.size)
+            packet = build_sender_packet(sequence, 0, own, size, key=key)
             sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
-            stamp_timestamp(packet, SENDER_TIMESTAMP_OFFSET, sent_wall_ns)  # T1, as late as we can
+            stamp_timestamp(packet, key, sent_wall_ns)  # T1 (and the HMAC), as late as we can
             train.sent(sent_wall_ns, sent_perf_ns)
             try:
                 sock.send(packet)
@@ -281,7 +294,8 @@ async def measure(target: Target, settings: StampSettings) -> Outcome:
     info = {
         "address": address,
         "port": str(port),
-        "size_bytes": str(settings.size),
+        "size_bytes": str(size),
+        "mode": "authenticated" if key is not None else "unauthenticated",
         "receive_timestamps": "kernel" if train.kernel_receive else "clock",
         "send_timestamps": "kernel" if send_timestamps and all(
             train.sent_kernel_ns[i] for i in train.answered if train.samples[i] is not None) else "clock",
@@ -290,6 +304,8 @@ async def measure(target: Target, settings: StampSettings) -> Outcome:
         info["reflector_ttl"] = str(train.reflector_ttl)  # TTL / hop limit our packets reached the reflector with
     if train.reply_ttl is not None:
         info["reply_ttl"] = str(train.reply_ttl)  # TTL / hop limit the replies reached us with
+    if train.unauthenticated:
+        info["unauthenticated_replies"] = str(train.unauthenticated)  # wrong secret, or a forger
     if train.reflector_estimate is not None and train.reflector_estimate.ptp_format:
         info["reflector_timestamps"] = "ptp"
     reason: str | None = None
@@ -301,6 +317,12 @@ async def measure(target: Target, settings: StampSettings) -> Outcome:
                        f"{float(settings.timeout):g} s")
         if send_errors:
             detail += f" ({len(send_errors)} not sent: {send_errors[0].strerror or send_errors[0]})"
+        if train.unauthenticated:
+            detail += f"; {train.unauthenticated} replies failed HMAC verification: is secret_file the reflector's?"
+        elif key is None:
+            detail += " (a reflector with a shared secret answers only authenticated packets: see secret_file)"
+        else:
+            detail += " (an authenticated reflector answers only packets signed with its own secret: is secret_file its?)"
     elif send_errors:
         info["send_errors"] = f"{len(send_errors)}: {send_errors[0].strerror or send_errors[0]}"
     return Outcome(

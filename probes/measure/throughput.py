@@ -31,6 +31,7 @@ from qiancheng.core.addresses import resolve, split_host_port
 from qiancheng.core.clock import monotonic
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import ThroughputSettings
+from qiancheng.core.responder_secret import authorization_header, read_secret
 from qiancheng.core.result import Target
 from qiancheng.core.stats import percentile
 
@@ -153,7 +154,11 @@ async def _endpoint(url: str, settings: ThroughputSettings) -> Endpoint:
         raise MeasurementError("error", f"bad port in {url[:200]!r}: {error}") from None
     family, address = await resolve(parts.hostname, port)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Endpoint(parts.scheme, parts.hostname, port, path, family, address, settings.verify_tls)
+    try:
+        authorization = authorization_header(read_secret(settings.secret_file)) if settings.secret_file else None
+    except ValueError as error:
+        raise MeasurementError("error", f"secret_file: {error}") from None
+    return Endpoint(parts.scheme, parts.hostname, port, path, family, address, settings.verify_tls, authorization)
 
 
 class _Run:

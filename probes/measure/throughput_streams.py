@@ -45,12 +45,18 @@ class Endpoint:
     family: socket.AddressFamily
     address: str
     verify_tls: bool
+    authorization: str | None = None  # the Authorization header's value (a responder's shared secret)
 
     @property
     def host_header(self) -> str:
         default = 443 if self.scheme == "https" else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == default else f"{host}:{self.port}"
+
+    @property
+    def extra_headers(self) -> str:
+        """Header lines every request carries beyond the usual ones (each ending in CRLF)."""
+        return f"Authorization: {self.authorization}\r\n" if self.authorization else ""
 
 
 class StreamError(Exception):
@@ -250,7 +256,7 @@ class DownloadStream(Stream):
         buffer = memoryview(bytearray(_RECEIVE_BYTES))
         endpoint = self.endpoint
         request = (f"GET {endpoint.path} HTTP/1.0\r\nHost: {endpoint.host_header}\r\nUser-Agent: {_USER_AGENT}\r\n"
-                   "Accept: */*\r\nAccept-Encoding: identity\r\n\r\n").encode()
+                   f"Accept: */*\r\nAccept-Encoding: identity\r\n{endpoint.extra_headers}\r\n").encode()
         while not self._stopped and self.bytes < self.budget_bytes:
             sock = self._connect()
             if sock is None:
@@ -316,7 +322,7 @@ class UploadStream(Stream):
             return
         head = (f"POST {endpoint.path} HTTP/1.1\r\nHost: {endpoint.host_header}\r\nUser-Agent: {_USER_AGENT}\r\n"
                 f"Content-Type: application/octet-stream\r\nContent-Length: {budget}\r\n"
-                "Expect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+                f"Expect: 100-continue\r\nConnection: close\r\n{endpoint.extra_headers}\r\n").encode()
         self.head_bytes, self.body_bytes = len(head), budget
         sock.sendall(head)
         status, _, length, rest = self._read_head(sock)

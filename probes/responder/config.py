@@ -16,6 +16,7 @@ import msgspec
 
 from qiancheng.core.configfile import YamlDocument, format_path, load_struct
 from qiancheng.core.errors import ConfigError
+from qiancheng.core.responder_secret import read_secret
 from qiancheng.core.units import Duration, Size
 
 __all__ = [
@@ -80,6 +81,9 @@ class ResponderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     ports: ResponderPorts = msgspec.field(default_factory=ResponderPorts)
     limits: ResponderLimits = msgspec.field(default_factory=ResponderLimits)
     dns: DnsZoneConfig = msgspec.field(default_factory=DnsZoneConfig)
+    # With a secret (core/responder_secret.py): /download and /upload want its bearer credential, and the
+    # STAMP reflector answers only authenticated-mode packets whose HMAC it verifies. Null: open to all.
+    secret_file: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @property
@@ -126,6 +130,11 @@ def check_config(config: ResponderConfig, document: YamlDocument | None = None, 
     for name in ("transfer_stall_timeout", "echo_idle_timeout"):
         if getattr(limits, name) <= 0:
             raise fail(["limits", name], "must be longer than 0s")
+    if config.secret_file is not None:
+        try:
+            read_secret(config.secret_file)
+        except ValueError as error:
+            raise fail(["secret_file"], str(error)) from None
     zone = config.dns
     if zone.tcp_idle_timeout <= 0:
         raise fail(["dns", "tcp_idle_timeout"], "must be longer than 0s")

@@ -20,11 +20,16 @@ address may hold `max_transfers_per_client` of them (503 beyond) and move
 ends (a probe asks for more than it reads and closes at the end of its window); a client whose bucket
 is in debt gets 429 with Retry-After until it is paid back, so nobody can use a responder as a free
 bandwidth source.
+
+With a shared secret (`secret_file`, core/responder_secret.py), downloads and uploads want
+`Authorization: Bearer <credential>`; without it, or with a wrong one, they get 401 (before any other
+check, so a stranger learns nothing of the limits or the load). /ping and /healthz stay open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import os
@@ -38,6 +43,7 @@ from aiohttp import web
 
 from qiancheng.core.clock import monotonic
 from qiancheng.core.logs import kv
+from qiancheng.core.responder_secret import SecretFile, authorization_header
 from qiancheng.core.token_bucket import TokenBucket
 
 from .config import ResponderLimits
@@ -140,6 +146,21 @@ class _State:
     threads: ThreadPoolExecutor  # one thread per transfer slot, for the bodies of downloads and uploads
     # the threads' sockets, shut down when the app stops so no thread outlives it in a blocked call
     thread_sockets: set[socket.socket]
+    secret: SecretFile | None
+    refused: dict[str, int]  # refusals by reason, for /healthz and the stop log
+
+
+def _unauthorized(request: web.Request, state: _State) -> web.Response | None:
+    """401 unless the request carries the credential of the shared secret (or there is none)."""
+    if state.secret is None:
+        return None
+    given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+    if hmac.compare_digest(given, authorization_header(state.secret.secret).encode()):
+        return None
+    state.refused["unauthorized"] = state.refused.get("unauthorized", 0) + 1
+    log.debug(kv("transfer_unauthorized", peer=_client(request), path=request.path))
+    return _error(401, "this responder wants its shared secret: Authorization: Bearer <credential> "
+                  "(see docs/security.md)", headers={"WWW-Authenticate": 'Bearer realm="qiancheng-responder"'})
 
 
 _STATE = web.AppKey("responder_state", _State)
@@ -196,6 +217,8 @@ def _download_size(request: web.Request, limits: ResponderLimits) -> int | web.R
 
 async def _download(request: web.Request) -> web.StreamResponse:
     state = request.app[_STATE]
+    if (refusal := _unauthorized(request, state)) is not None:
+        return refusal
     size = _download_size(request, state.limits)
     if isinstance(size, web.Response):
         return size
@@ -306,7 +329,9 @@ async def _upload_expect(request: web.Request) -> web.StreamResponse | None:
 
 def _upload_refusal(request: web.Request, state: _State) -> web.Response | None:
     """413 for a declared length over the cap, 503 when the slots are taken, 429 while the client's byte
-    budget is in debt, else None."""
+    budget is in debt (401 before all, without the shared secret's credential), else None."""
+    if (refusal := _unauthorized(request, state)) is not None:
+        return refusal
     length, cap = request.content_length, int(state.limits.max_upload_bytes)
     if length is not None and length > cap:
         return _error(413, f"body of {length} bytes is over max_upload_bytes ({cap})", field="body")
@@ -435,7 +460,8 @@ async def _ping(request: web.Request) -> web.StreamResponse:
 async def _healthz(request: web.Request) -> web.StreamResponse:
     slots = request.app[_STATE].slots
     return web.json_response(
-        {"status": "ok", "transfers": slots.active, "max_concurrent_transfers": slots.limit},
+        {"status": "ok", "transfers": slots.active, "max_concurrent_transfers": slots.limit,
+         "refused": request.app[_STATE].refused},
         headers={"Cache-Control": "no-store"},
     )
 
@@ -444,8 +470,9 @@ def _fill(source: BinaryIO, chunk: bytes) -> None:
     source.write(chunk or os.urandom(CHUNK_BYTES))
 
 
-def make_app(limits: ResponderLimits, chunk: bytes | None = None) -> web.Application:
-    """The HTTP service as an aiohttp application; `chunk` (default: 8 MiB random) feeds downloads."""
+def make_app(limits: ResponderLimits, chunk: bytes | None = None, secret: SecretFile | None = None) -> web.Application:
+    """The HTTP service as an aiohttp application; `chunk` (default: 8 MiB random) feeds downloads;
+    with a `secret`, transfers want its credential."""
     app = web.Application(middlewares=[_json_errors])
     source = os.fdopen(os.memfd_create("qiancheng-download", os.MFD_CLOEXEC), "w+b", buffering=0)
     threads = ThreadPoolExecutor(limits.max_concurrent_transfers, thread_name_prefix="transfer")
@@ -454,7 +481,7 @@ def make_app(limits: ResponderLimits, chunk: bytes | None = None) -> web.Applica
     size = len(chunk) if chunk else CHUNK_BYTES
     slots = TransferSlots(limits.max_concurrent_transfers, limits.max_transfers_per_client,
                           int(limits.max_client_bytes_per_minute))  # fmt: skip
-    app[_STATE] = _State(limits, slots, source, size, filled, threads, set())
+    app[_STATE] = _State(limits, slots, source, size, filled, threads, set(), secret, {})
 
     async def close_source(app: web.Application) -> None:
         # after the shutdown grace: transfers still under way end now, their threads return at once

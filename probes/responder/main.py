@@ -17,6 +17,7 @@ from aiohttp import web
 from qiancheng.core import __version__
 from qiancheng.core.errors import ConfigError
 from qiancheng.core.logs import kv, setup
+from qiancheng.core.responder_secret import SecretFile
 
 from .config import ResponderConfig, check_config, load_responder_config
 from .dnsserver import DnsTcpService, DnsUdpProtocol
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--echo-port", metavar="N", type=_port, help="TCP echo port (0: off)")
     parser.add_argument("--dns-port", metavar="N", type=_port, help="DNS port, UDP and TCP (0: off)")
     parser.add_argument("--stamp-port", metavar="N", type=_port, help="STAMP reflector UDP port (0: off; 862 needs root)")
+    parser.add_argument("--secret-file", metavar="FILE",
+                        help="shared secret: transfers want its credential, STAMP runs authenticated (docs/security.md)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
     return parser
 
@@ -80,6 +83,8 @@ def apply_overrides(config: ResponderConfig, args: argparse.Namespace) -> Respon
         changes["listen"] = tuple(args.listen)
     if args.log_level:
         changes["log_level"] = args.log_level
+    if args.secret_file:
+        changes["secret_file"] = args.secret_file
     return msgspec.structs.replace(config, **changes) if changes else config
 
 
@@ -134,11 +139,18 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
         log.error(kv("responder_bind_failed", reason=error.strerror))
         return 1
     limits, zone = config.limits, Zone.from_config(config.dns)
+    try:
+        secret = SecretFile(config.secret_file) if config.secret_file is not None else None
+    except ValueError as error:  # checked with the config, but the file may have changed since
+        log.error(kv("responder_secret_unusable", reason=str(error)))
+        for sock in sockets.all():
+            sock.close()
+        return 1
 
     runner: web.AppRunner | None = None
     if sockets.http:
         runner = web.AppRunner(
-            make_app(limits), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+            make_app(limits, secret=secret), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
             read_bufsize=READ_BUFFER_BYTES,
         )
         await runner.setup()
@@ -155,7 +167,7 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
     dns_tcp = DnsTcpService(zone, config.dns.max_tcp_connections, float(config.dns.tcp_idle_timeout))
     for sock in sockets.dns_tcp:
         await dns_tcp.listen(sock)
-    reflectors = [StampReflector(sock) for sock in sockets.stamp]
+    reflectors = [StampReflector(sock, secret) for sock in sockets.stamp]
     for reflector in reflectors:
         reflector.start()
 
@@ -164,7 +176,8 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
 
     log.info(kv(
         "responder_started", version=__version__, http=where(sockets.http), echo=where(sockets.echo),
-        dns=where(sockets.dns_udp), stamp=where(sockets.stamp), dns_zone=config.dns.zone, max_download_bytes=int(limits.max_download_bytes),
+        dns=where(sockets.dns_udp), stamp=where(sockets.stamp), secret="on" if secret is not None else "off",
+        dns_zone=config.dns.zone, max_download_bytes=int(limits.max_download_bytes),
         max_upload_bytes=int(limits.max_upload_bytes), max_concurrent_transfers=limits.max_concurrent_transfers,
         max_echo_connections=limits.max_echo_connections,
     ))
@@ -185,6 +198,7 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
         "responder_stopped", echo_refused=echo.refused, stamp_reflected=sum(r.reflected for r in reflectors),
         stamp_dropped_short=sum(r.dropped_short for r in reflectors),
         stamp_dropped_corrupt=sum(r.dropped_corrupt for r in reflectors),
+        stamp_dropped_unauthenticated=sum(r.dropped_unauthenticated for r in reflectors),
     ))
     return 0
 

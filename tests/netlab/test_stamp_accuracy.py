@@ -47,11 +47,11 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield built
 
 
-def start_reflector(server: Netns, *addresses: str, port: int = PORT) -> None:
+def start_reflector(server: Netns, *addresses: str, port: int = PORT, options: tuple[str, ...] = ()) -> None:
     listen = [arg for address in addresses for arg in ("--listen", address)]
     stamp_port = [] if port == PORT else ["--stamp-port", str(port)]
     server.popen(*RAISED, PYTHON, "-m", "qiancheng.probes.responder.main", *listen, "--http-port", "0",
-                 "--echo-port", "0", "--dns-port", "0", *stamp_port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 "--echo-port", "0", "--dns-port", "0", *stamp_port, *options, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server.wait_listening(port, "udp")
 
 
@@ -90,7 +90,7 @@ DELAY = 0.010  # each way
 COUNT, INTERVAL = 100, 0.01
 
 
-def _delay_run(link: DelayedLink, address: str) -> tuple[dict[str, Any], list[float | None], list[RelayRecord]]:
+def _delay_run(link: DelayedLink, address: str, options: tuple[str, ...]) -> tuple[dict[str, Any], list[float | None], list[RelayRecord]]:
     """Our train and fping's on the same link at the same time; the relay's records of our train."""
     before = len(link.log())
     fping: list[list[float | None]] = []
@@ -99,19 +99,27 @@ def _delay_run(link: DelayedLink, address: str) -> tuple[dict[str, Any], list[fl
     thread.start()
     try:
         ours = stamp_once(link.a, address, "--count", str(COUNT), "--packet-interval", f"{INTERVAL * 1e3:g}ms",
-                          "--timeout", "1s", port=REGISTERED_PORT)
+                          "--timeout", "1s", *options, port=REGISTERED_PORT)
     finally:
         thread.join()
     return ours, fping[0], link.log()[before:]
 
 
-def test_round_trip_and_one_way_delays_against_the_relay_and_fping(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("mode", ["unauthenticated", "authenticated"])
+def test_round_trip_and_one_way_delays_against_the_relay_and_fping(lab: Lab, capsys: pytest.CaptureFixture[str],
+                                                                   tmp_path: Path, mode: str) -> None:
     require_tool("fping")
     client, server = lab.namespace("c"), lab.namespace("s")
     link = lab.delayed_link(client, server, RelaySettings(delay=DELAY))
-    start_reflector(server, link.b_addr, link.b_addr6, port=REGISTERED_PORT)
-    for address in (link.b_addr, link.b_addr6):
-        ours, fping, records = _delay_run(link, address)
+    options: tuple[str, ...] = ()
+    if mode == "authenticated":  # RFC 8762 §4.2.2: 112-byte packets signed with HMAC-SHA-256, both ways
+        secret = tmp_path / "responder.secret"
+        secret.write_text("3c9e1f0a7b6d5e4f3a2b1c0d9e8f7a6b\n")
+        options = ("--secret-file", str(secret))
+    start_reflector(server, link.b_addr, link.b_addr6, port=REGISTERED_PORT, options=options)
+    # the authenticated train only over IPv4: the packet code is the same for both families
+    for address in (link.b_addr, link.b_addr6) if mode == "unauthenticated" else (link.b_addr,):
+        ours, fping, records = _delay_run(link, address, options)
         requests, replies = stamp_records(records, REGISTERED_PORT)
         assert len(requests) == len(replies) == COUNT, "the lossless link lost or added packets"
         # STAMP's round trip leaves out the reflector's time between T2 and T3 (RFC 8762 §4), so its truth
@@ -122,12 +130,13 @@ def test_round_trip_and_one_way_delays_against_the_relay_and_fping(lab: Lab, cap
         figures = ours["figures"]
         fping_median = statistics.median(s for s in fping if s is not None)
         with capsys.disabled():
-            print(f"\nSTAMP {address}: rtt median ours {figures['rtt_median_seconds'] * 1e3:.3f} ms, relay "
+            print(f"\nSTAMP {mode} {address}: rtt median ours {figures['rtt_median_seconds'] * 1e3:.3f} ms, relay "
                   f"{truth_rtt * 1e3:.3f} ms, fping {fping_median * 1e3:.3f} ms; forward ours "
                   f"{figures['forward_delay_median_seconds'] * 1e3:.3f} ms relay {truth_forward * 1e3:.3f} ms; "
                   f"backward ours {figures['backward_delay_median_seconds'] * 1e3:.3f} ms relay "
                   f"{truth_backward * 1e3:.3f} ms; clock error stated {figures['clock_error_seconds']:g} s")
         assert ours["success"] and figures["packets_received"] == COUNT
+        assert ours["info"]["mode"] == mode
         assert ours["info"]["send_timestamps"] == ours["info"]["receive_timestamps"] == "kernel"
         assert sum(s is not None for s in fping) == COUNT, "fping lost packets on a lossless link"
         assert abs(figures["rtt_median_seconds"] - truth_rtt) <= MEDIAN_TOLERANCE

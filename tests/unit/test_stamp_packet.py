@@ -1,4 +1,4 @@
-"""STAMP packets (RFC 8762 §4.2.1, §4.3.1): our bytes against layouts built independently.
+"""STAMP packets (RFC 8762 §4.2.1, §4.3.1, and authenticated §4.2.2, §4.3.2): our bytes against layouts built independently.
 
 The reference layouts are declared here with scapy's own field classes, field by field from the RFC's
 figures, and cross-checked with scapy's contrib STAMP dissector; NTP timestamps against exact rational
@@ -7,6 +7,8 @@ arithmetic; the Error Estimate against RFC 4656 §4.1.2.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 from fractions import Fraction
 
@@ -17,16 +19,22 @@ from scapy.fields import BitField, ByteField, IntField, LongField, ShortField, S
 from scapy.packet import Packet
 
 from qiancheng.core.stamp_packet import (
+    AUTHENTICATED_PACKET_BYTES,
     NTP_UNIX_OFFSET_SECONDS,
     PACKET_BYTES,
     ErrorEstimate,
+    SenderPacket,
     build_reflector_packet,
     build_sender_packet,
     ns_from_ntp,
     ns_from_ptp,
     ntp_from_ns,
+    packet_bytes,
     parse_reflector_packet,
     parse_sender_packet,
+    stamp_timestamp,
+    timestamp_offset,
+    verify,
 )
 
 
@@ -260,3 +268,123 @@ def test_encoding_an_error_rounds_up_to_the_next_representable_value(seconds: fl
 def test_an_error_beyond_the_largest_encoding_is_the_largest() -> None:
     assert ErrorEstimate.from_seconds(1e30, synchronized=False) == ErrorEstimate(False, 63, 255)
     assert ErrorEstimate.from_seconds(0.0, synchronized=False) == ErrorEstimate(False, 0, 1)
+
+
+# Authenticated mode (RFC 8762 §4.2.2, §4.3.2; the SSID of RFC 8972 §3 after the Error Estimate): the
+# layouts field by field from the RFC's figures, and the HMAC computed here, HMAC-SHA-256 over the
+# first 96 bytes, truncated to 16 (RFC 8762 §4.4).
+KEY = bytes.fromhex("5f0c3a7d9e21b4468a0f7c2e91d3b5a6")
+
+
+class RfcAuthenticatedSenderPacket(Packet):  # RFC 8762 §4.2.2, Figure 4
+    name = "STAMP sender, authenticated (RFC 8762 4.2.2)"
+    fields_desc = [
+        IntField("sequence", 0),
+        StrFixedLenField("mbz1", b"\x00" * 12, 12),
+        LongField("timestamp", 0),
+        BitField("s", 0, 1), BitField("z", 0, 1), BitField("scale", 0, 6), ByteField("multiplier", 1),
+        ShortField("ssid", 0),
+        StrFixedLenField("mbz2", b"\x00" * 68, 68),
+        StrFixedLenField("hmac", b"\x00" * 16, 16),
+    ]  # fmt: skip
+
+
+class RfcAuthenticatedReflectorPacket(Packet):  # RFC 8762 §4.3.2, Figure 6
+    name = "STAMP reflector, authenticated (RFC 8762 4.3.2)"
+    fields_desc = [
+        IntField("sequence", 0),
+        StrFixedLenField("mbz1", b"\x00" * 12, 12),
+        LongField("timestamp", 0),
+        BitField("s", 0, 1), BitField("z", 0, 1), BitField("scale", 0, 6), ByteField("multiplier", 1),
+        ShortField("ssid", 0),
+        StrFixedLenField("mbz2", b"\x00" * 4, 4),
+        LongField("receive_timestamp", 0),
+        StrFixedLenField("mbz3", b"\x00" * 8, 8),
+        IntField("sender_sequence", 0),
+        StrFixedLenField("mbz4", b"\x00" * 12, 12),
+        LongField("sender_timestamp", 0),
+        BitField("sender_s", 0, 1), BitField("sender_z", 0, 1), BitField("sender_scale", 0, 6),
+        ByteField("sender_multiplier", 1),
+        StrFixedLenField("mbz5", b"\x00" * 6, 6),
+        ByteField("sender_ttl", 0),
+        StrFixedLenField("mbz6", b"\x00" * 15, 15),
+        StrFixedLenField("hmac", b"\x00" * 16, 16),
+    ]  # fmt: skip
+
+
+def signed(packet: Packet, key: bytes = KEY) -> bytes:
+    """The packet's bytes with its HMAC field set as RFC 8762 §4.4 says."""
+    wire = bytes(packet)
+    return wire[:96] + hmac.new(key, wire[:96], hashlib.sha256).digest()[:16] + wire[112:]
+
+
+def test_both_authenticated_packets_are_112_bytes_like_the_rfc_figures() -> None:
+    assert (AUTHENTICATED_PACKET_BYTES == len(RfcAuthenticatedSenderPacket())
+            == len(RfcAuthenticatedReflectorPacket()) == 112)  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [None, 112, 113, 1472])
+@pytest.mark.parametrize("estimate", ESTIMATES)
+def test_authenticated_sender_packet_is_the_rfc_layout_signed(size: int | None, estimate: ErrorEstimate) -> None:
+    reference = RfcAuthenticatedSenderPacket(
+        sequence=0xC0FFEE, timestamp=exact_ntp(NOW_NS), s=int(estimate.synchronized), scale=estimate.scale,
+        multiplier=estimate.multiplier, ssid=0x1234,
+    )  # fmt: skip
+    expected = signed(reference) + bytes((size or 112) - 112)
+    assert bytes(build_sender_packet(0xC0FFEE, NOW_NS, estimate, size, ssid=0x1234, key=KEY)) == expected
+    parsed = parse_sender_packet(expected, KEY)
+    assert parsed == SenderPacket(0xC0FFEE, exact_ntp(NOW_NS), estimate, 0x1234, size or 112)
+
+
+def test_stamping_the_timestamp_signs_again() -> None:
+    packet = build_sender_packet(5, 0, ErrorEstimate(True, 3, 4), key=KEY)
+    stamp_timestamp(packet, KEY, NOW_NS)
+    expected = signed(RfcAuthenticatedSenderPacket(sequence=5, timestamp=exact_ntp(NOW_NS), s=1, scale=3, multiplier=4))
+    assert bytes(packet) == expected
+    assert timestamp_offset(KEY) == 16 and timestamp_offset(None) == 4
+
+
+@pytest.mark.parametrize("size", [112, 300])
+def test_authenticated_reflection_is_the_rfc_layout_signed(size: int) -> None:
+    sender = signed(RfcAuthenticatedSenderPacket(
+        sequence=77, timestamp=exact_ntp(NOW_NS), s=1, scale=12, multiplier=200, ssid=9,
+    )) + bytes(size - 112)  # fmt: skip
+    receive_ns, transmit_ns = NOW_NS + 2_000_001, NOW_NS + 2_040_002
+    reply = build_reflector_packet(sender, receive_ns, 61, ErrorEstimate(False, 35, 9), transmit_ns, key=KEY)
+    expected = signed(RfcAuthenticatedReflectorPacket(
+        sequence=77, timestamp=exact_ntp(transmit_ns), s=0, scale=35, multiplier=9, ssid=9,
+        receive_timestamp=exact_ntp(receive_ns), sender_sequence=77, sender_timestamp=exact_ntp(NOW_NS),
+        sender_s=1, sender_scale=12, sender_multiplier=200, sender_ttl=61,
+    )) + bytes(size - 112)  # fmt: skip
+    assert reply is not None and bytes(reply) == expected
+    parsed = parse_reflector_packet(expected, KEY)
+    assert parsed is not None
+    assert (parsed.sequence, parsed.sender_sequence, parsed.sender_ttl, parsed.ssid) == (77, 77, 61, 9)
+    assert parsed.receive_timestamp == exact_ntp(receive_ns) and parsed.sender_timestamp == exact_ntp(NOW_NS)
+
+
+def test_a_packet_not_signed_with_the_key_is_refused_everywhere() -> None:
+    good = bytes(build_sender_packet(1, NOW_NS, ErrorEstimate(True, 3, 4), key=KEY))
+    assert verify(good, KEY)
+    other_key = bytes(build_sender_packet(1, NOW_NS, ErrorEstimate(True, 3, 4), key=KEY[::-1]))
+    unauthenticated = bytes(build_sender_packet(1, NOW_NS, ErrorEstimate(True, 3, 4), 112))
+    for bad in (other_key, unauthenticated, good[:111]):
+        assert not verify(bad, KEY)
+        assert parse_sender_packet(bad, KEY) is None
+        assert build_reflector_packet(bad, NOW_NS, 64, ErrorEstimate(True, 3, 4), key=KEY) is None
+    for offset in (0, 16, 24, 26, 95, 96, 111):  # any bit changed in what the HMAC covers, or in the HMAC
+        tampered = bytearray(good)
+        tampered[offset] ^= 0x01
+        assert parse_sender_packet(bytes(tampered), KEY) is None
+    padded = good + b"\x01"  # padding follows the HMAC and is not covered by it (RFC 8762 §4.4)
+    assert parse_sender_packet(padded, KEY) is not None
+    reply = build_reflector_packet(good, NOW_NS, 64, ErrorEstimate(True, 3, 4), NOW_NS, key=KEY)
+    assert reply is not None
+    assert parse_reflector_packet(bytes(reply), KEY[::-1]) is None
+    assert parse_reflector_packet(bytes(reply), KEY) is not None
+
+
+def test_an_authenticated_packet_is_at_least_112_bytes() -> None:
+    with pytest.raises(ValueError, match="at least 112"):
+        build_sender_packet(1, NOW_NS, ErrorEstimate(True, 3, 4), 44, key=KEY)
+    assert packet_bytes(KEY) == 112 and packet_bytes(None) == 44

@@ -1,4 +1,5 @@
-"""The STAMP reflector on real loopback sockets: symmetric answers, short packets dropped, TTL copied."""
+"""The STAMP reflector on real loopback sockets: symmetric answers, short packets dropped, TTL copied,
+and in authenticated mode nothing answered that the shared secret did not sign."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from qiancheng.core.responder_secret import SecretFile, read_secret
 from qiancheng.core.stamp_packet import (
     ErrorEstimate,
     build_sender_packet,
@@ -119,3 +122,29 @@ async def test_reply_copies_the_sender_and_reports_the_ttl_it_arrived_with(host:
     assert packet.sender_error_estimate == ESTIMATE
     t2, t3 = ns_from_ntp(packet.receive_timestamp), ns_from_ntp(packet.timestamp)
     assert sent_ns <= t2 <= t3 <= received_ns  # T2 at arrival, T3 at the reply's send, in that order
+
+
+async def test_with_a_secret_only_packets_signed_with_it_are_answered(tmp_path: Path) -> None:
+    secret_file = tmp_path / "responder.secret"
+    secret_file.write_text("f3b1c0de9a8e7d6c5b4a39281706f5e4\n")
+    key = read_secret(secret_file)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    reflector = StampReflector(sock, SecretFile(secret_file))
+    reflector.start()
+    try:
+        signed = bytes(build_sender_packet(7, time.time_ns(), ESTIMATE, key=key))
+        padded = bytes(build_sender_packet(8, time.time_ns(), ESTIMATE, 400, key=key))
+        wrong_key = bytes(build_sender_packet(9, time.time_ns(), ESTIMATE, key=key[::-1]))
+        unauthenticated = bytes(build_sender_packet(10, time.time_ns(), ESTIMATE))  # 44 bytes
+        unauthenticated_long = bytes(build_sender_packet(11, time.time_ns(), ESTIMATE, 112))
+        replies = await _exchange(reflector, [signed, padded, wrong_key, unauthenticated, unauthenticated_long])
+    finally:
+        reflector.close()
+    assert sorted(len(r) for r in replies) == [112, 400]
+    for reply in replies:
+        packet = parse_reflector_packet(reply, key)  # signed by the reflector with the same key
+        assert packet is not None and packet.sender_sequence in (7, 8)
+        assert parse_reflector_packet(reply, key[::-1]) is None
+    assert reflector.reflected == 2
+    assert reflector.dropped_unauthenticated == 2 and reflector.dropped_short == 1
