@@ -157,7 +157,7 @@ def main() -> int:
         vm_url = f"http://127.0.0.1:{vm_port}"
         vm = start_listening([binary, f"-storageDataPath={workdir / 'vm'}", f"-httpListenAddr=127.0.0.1:{vm_port}",
                     "-loggerLevel=ERROR", "-retentionPeriod=100y"], workdir / "vm.log", vm_port)  # fmt: skip
-        influx_store = f'{{backend: influx, influx: {{url: "{vm_url}", org: bench, bucket: bench}}}}'
+        influx_store = f'{{backend: influx, path: "{workdir / "i.db"}", influx: {{url: "{vm_url}", org: bench, bucket: bench}}}}'
         sqlite_collector, sqlite_url = collector(workdir, "sqlite", f'{{backend: sqlite, path: "{workdir / "c.db"}"}}')
         influx_collector, influx_url = collector(workdir, "influx", influx_store)
         base_ns = time.time_ns()

@@ -18,13 +18,13 @@ from qiancheng.core.logs import kv
 from qiancheng.core.wire import RESULTS_PATH
 
 from . import __version__
-from .auth import TokenTable
 from .bodies import ErrorBody, Health, LatestResponse, Totals, encode
 from .config import CollectorConfig, StoreConfig
 from .ingest import INGEST_KEY, Ingest
 from .live import LiveState
 from .metrics import build_registry, new_live_state
 from .openapi import HEALTH_PATH, LATEST_PATH, METRICS_PATH, OPENAPI_PATH, openapi_document
+from .registry import ProbeRegistry, open_registry
 from .sla.service import install_sla
 from .store import STORE_KEY, Store, StoreError, open_store
 
@@ -34,6 +34,7 @@ __all__ = [
     "REGISTRY_KEY",
     "STORE_KEY",
     "INGEST_KEY",
+    "PROBES_KEY",
     "make_app",
     "make_internal_app",
 ]
@@ -45,6 +46,7 @@ StoreOpener = Callable[[StoreConfig], Awaitable[Store]]
 CONFIG_KEY = web.AppKey("config", CollectorConfig)
 STATE_KEY = web.AppKey("state", LiveState)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+PROBES_KEY = web.AppKey("probe_registry", ProbeRegistry)
 _OPENAPI_KEY = web.AppKey("openapi", bytes)
 _STARTED_KEY = web.AppKey("started", float)
 
@@ -93,7 +95,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     seams = app[_SEAMS_KEY]
     store = await seams.store_opener(config.store)
     try:
-        allowed = {probe.id for probe in config.probes}
+        probes = open_registry(config, seams.clock)
+    except BaseException:
+        await store.close()
+        raise
+    try:
+        app[PROBES_KEY] = probes
+        allowed = probes.active_ids()
         latest = await store.latest()
         app[STATE_KEY].restore(latest, await store.probes(), allowed)
         known_targets: dict[str, set[str]] = {}
@@ -101,13 +109,14 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             known_targets.setdefault(stored.probe_id, set()).add(stored.result.target.name)
         app[STORE_KEY] = store
         mutual_tls = config.listen.tls is not None and bool(config.listen.tls.client_ca_file)
-        app[INGEST_KEY] = Ingest(TokenTable(config.probes), store, app[STATE_KEY], config.limits, seams.clock,
+        app[INGEST_KEY] = Ingest(probes, store, app[STATE_KEY], config.limits, seams.clock,
                                  client_certificates=mutual_tls, known_targets=known_targets)  # fmt: skip
         log.info(kv("store_opened", backend=store.backend, path=config.store.location,
                     series=len(app[STATE_KEY].series), probes=len(app[STATE_KEY].probes)))  # fmt: skip
         yield
     finally:
         await store.close()
+        probes.close()
         log.info(kv("store_closed", backend=store.backend))
 
 

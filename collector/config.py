@@ -88,6 +88,14 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backend: Literal["sqlite", "influx"] = "sqlite"
     path: Annotated[str, msgspec.Meta(min_length=1)] = "/var/lib/qiancheng/collector.db"
     influx: InfluxConfig | None = None
+    #: the probe registry (SQLite, collector/registry.py); empty: beside `path`, named after it
+    #: (collector.db: collector.registry.db), so that collectors sharing a directory keep their own
+    registry: str = ""
+
+    @property
+    def registry_path(self) -> str:
+        """Where the probe registry lives."""
+        return self.registry or str(Path(self.path).with_suffix(".registry.db"))
 
     @property
     def location(self) -> str:

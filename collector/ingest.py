@@ -48,11 +48,11 @@ from qiancheng.core.errors import QianchengError
 from qiancheng.core.logs import kv
 from qiancheng.core.wire import Batch, decode_batch
 
-from .auth import TokenTable
 from .bodies import Ack, ErrorBody, encode
 from .config import LimitsConfig
 from .live import LiveState
 from .ratelimit import ProbeLimiter
+from .registry import ProbeRegistry
 from .request_body import BadEncoding, BodyTooLarge, read_bounded
 from .store import BatchOutcome, Store, StoreError
 from .tls import certificate_names
@@ -137,11 +137,11 @@ def _is_gzip(request: web.Request) -> bool:
 
 
 class Ingest:
-    """The ingest endpoint over a token table, a store and the live state."""
+    """The ingest endpoint over the probe registry, a store and the live state."""
 
     def __init__(
         self,
-        tokens: TokenTable,
+        registry: ProbeRegistry,
         store: Store,
         state: LiveState,
         limits: LimitsConfig,
@@ -152,7 +152,7 @@ class Ingest:
     ) -> None:
         """`client_certificates`: mutual TLS is on, and a probe's verified certificate must name it.
         `known_targets`: the target names each probe has in the store, counted against its limit."""
-        self._tokens = tokens
+        self._registry = registry
         self._store = store
         self._state = state
         self._limits = limits
@@ -181,11 +181,16 @@ class Ingest:
 
     async def _admit(self, request: web.Request) -> web.Response:
         """Authenticate, then hold one of the concurrent-push slots while the push is handled."""
-        probe = self._tokens.probe_for(request.headers.get(hdrs.AUTHORIZATION))
-        if probe is None:
+        identity = self._registry.identify(request.headers.get(hdrs.AUTHORIZATION))
+        if identity is None:
             reason = "bearer token required" if hdrs.AUTHORIZATION not in request.headers else "invalid token"
             self._refused(request, 401, reason, None)
             raise Refused(401, reason, headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="qiancheng"'})
+        probe = identity.probe_id
+        if identity.revoked:
+            reason = f"probe {probe!r} is revoked; enroll it again"
+            self._refused(request, 403, reason, probe)
+            raise Refused(403, reason)
         if self._client_certificates:
             # the token says which probe this is; its certificate must say the same
             peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None

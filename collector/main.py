@@ -20,9 +20,10 @@ from qiancheng.core.errors import ConfigError
 from qiancheng.core.logs import kv
 
 from . import __version__
+from .admin import add_probes_commands, run_probes_command
 from .app import make_app, make_internal_app
-from .auth import hash_token
 from .config import CollectorConfig, TlsConfig, load_collector_config
+from .registry import RegistryError, hash_token
 from .store import StoreError
 from .tls import TlsFileError, reload_certificate, server_context
 
@@ -51,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qiancheng-collector",
         description="Receive probe result batches, store them durably (SQLite or InfluxDB), expose Prometheus metrics.",
-        epilog="Add a probe: put `qiancheng-collector hash-token TOKEN` under probes[].token_sha256 in the config.",
+        epilog="Add a probe: put `qiancheng-collector hash-token TOKEN` under probes[].token_sha256 in the config; "
+        "`qiancheng-collector --config FILE probes list` shows the registry.",
     )
     parser.add_argument("--version", action="version", version=f"qiancheng {__version__}")
     parser.add_argument("--config", metavar="FILE", help="collector config (YAML), e.g. configs/collector.yaml")
@@ -63,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the hex SHA-256 of TOKEN (read from stdin when omitted, which keeps it out of shell history).",
     )
     hashing.add_argument("token", nargs="?", metavar="TOKEN")
+    add_probes_commands(commands)
     return parser
 
 
@@ -115,6 +118,9 @@ async def serve(config: CollectorConfig, document: YamlDocument) -> int:
         except StoreError as error:
             field = ("store", "influx") if config.store.backend == "influx" else ("store", "path")
             raise document.error(field, f"cannot open the store: {error}") from None
+        except RegistryError as error:
+            field = ("store", "registry") if config.store.registry else ("store", "path")  # beside the results
+            raise document.error(field, f"cannot open the probe registry: {error}") from None
         host, port = config.listen.host, config.listen.port
         await _listen(runner, host, port, "listen", document, context)
         if config.metrics_listen is not None:
@@ -152,14 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"qiancheng-collector: {error}", file=sys.stderr)
         return 2
+    if args.command == "probes":
+        return run_probes_command(args, config)
     if args.check:
         print(f"{args.config}: ok: listen {config.listen.host}:{config.listen.port}, "
               f"store {config.store.backend} {config.store.location}, {len(config.probes)} probes")  # fmt: skip
         return 0
     logs.setup(config.log_level)
     logging.getLogger("aiohttp.server").addFilter(_bad_request_in_one_line)
-    if not config.probes:
-        log.warning(kv("no_probes", config=args.config, effect="every push will be refused with 401"))
     try:
         return asyncio.run(serve(config, document))
     except ConfigError as error:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 import msgspec
 
 from qiancheng.core.result import Result
 
-__all__ = ["BatchOutcome", "StoredResult", "ProbeRecord", "SeriesKey", "WindowRow", "SeriesWindow"]
+__all__ = ["BatchOutcome", "StoredResult", "ProbeRecord", "SeriesKey", "WindowRow", "SeriesWindow", "RegistryEntry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +85,19 @@ class WindowRow:
 
 #: a series and its results inside a window, oldest first
 SeriesWindow: TypeAlias = tuple[SeriesKey, list[WindowRow]]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEntry:
+    """A probe of the registry (collector/registry.py): who it is, where it came from, its token hashes."""
+
+    id: str
+    city: str
+    isp: str
+    source: Literal["config", "enrolled"]
+    state: Literal["active", "revoked"]
+    token_sha256: str
+    previous_token_sha256: str | None  # also accepted (a change-over, or a rotation's grace period)
+    previous_expires_ns: int | None  # when the previous token stops working; None: never
+    created_ns: int
+    changed_ns: int

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from qiancheng.collector.auth import hash_token
+from qiancheng.collector.registry import hash_token
 from qiancheng.core.result import Result, Target
 from qiancheng.core.stats import train_stats
 from qiancheng.core.wire import Batch, encode_batch

@@ -104,6 +104,7 @@ class InfluxCollector(Collector):
         path.write_text(
             f"listen: {{host: 127.0.0.1, port: {self.port}}}\n"
             f"store:\n  backend: influx\n"
+            f"  path: \"{self.workdir / (self.name + '.db')}\"\n"  # beside it: the registry
             f"  influx: {{url: \"{self.influx_url}\", org: qiancheng, bucket: results, timeout: {self.timeout}}}\n"
             f"probes:\n{probes}\n"
         )

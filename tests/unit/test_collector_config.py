@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qiancheng.collector.auth import TokenTable, hash_token
+from qiancheng.collector.registry import hash_token
 from qiancheng.collector.config import CollectorConfig, load_collector_config
 from qiancheng.collector.main import main
 from qiancheng.core.errors import ConfigError
@@ -82,32 +82,6 @@ def test_hash_token_prints_the_sha256(capsys: pytest.CaptureFixture[str]) -> Non
     token = "a-random-token-of-forty-three-characters-xx"
     assert main(["hash-token", token]) == 0
     assert capsys.readouterr().out.strip() == hashlib.sha256(token.encode()).hexdigest()
-
-
-@pytest.mark.parametrize(
-    ("header", "probe"),
-    [
-        ("Bearer test-token", "test-probe-01"),
-        ("bearer   test-token  ", "test-probe-01"),
-        ("Bearer wrong-token", None),
-        ("Basic dGVzdC10b2tlbg==", None),
-        ("Bearer", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_token_table_maps_bearer_tokens_to_probes(header: str | None, probe: str | None) -> None:
-    config, _ = load_collector_config(DATA / "collector_minimal.yaml")
-    assert TokenTable(config.probes).probe_for(header) == probe
-
-
-def test_token_rotation_two_valid_tokens_for_one_probe_during_the_change_over(tmp_path: Path) -> None:
-    path = tmp_path / "collector.yaml"
-    path.write_text(f"probes:\n  - {{id: p1, token_sha256: [{hash_token('old-token')}, {hash_token('new-token')}]}}\n"
-                    f"  - {{id: p2, token_sha256: {hash_token('p2-token')}}}\n")  # fmt: skip
-    config, _ = load_collector_config(path)
-    table = TokenTable(config.probes)
-    assert [table.probe_for(f"Bearer {t}") for t in ("old-token", "new-token", "p2-token", "x")] == ["p1", "p1", "p2", None]
 
 
 @pytest.mark.parametrize(
