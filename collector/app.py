@@ -20,10 +20,11 @@ from qiancheng.core.wire import RESULTS_PATH
 from . import __version__
 from .bodies import ErrorBody, Health, LatestResponse, Totals, encode
 from .config import CollectorConfig, StoreConfig
+from .fleet import FleetQueryError, fleet, parse_query
 from .ingest import INGEST_KEY, Ingest
 from .live import LiveState
 from .metrics import build_registry, new_live_state
-from .openapi import HEALTH_PATH, LATEST_PATH, METRICS_PATH, OPENAPI_PATH, openapi_document
+from .openapi import HEALTH_PATH, LATEST_PATH, METRICS_PATH, OPENAPI_PATH, PROBES_PATH, openapi_document
 from .registry import ProbeRegistry, open_registry
 from .sla.service import install_sla
 from .store import STORE_KEY, Store, StoreError, open_store
@@ -152,6 +153,17 @@ async def _health(request: web.Request) -> web.Response:
     return _json(encode(health), 200 if ok else 503)
 
 
+async def _probes(request: web.Request) -> web.Response:
+    try:
+        filters, stale_after = parse_query(request.query)
+    except FleetQueryError as error:
+        return _json(encode(ErrorBody(error=error.reason, field=error.field)), 400)
+    registry = request.app[PROBES_KEY]
+    registry.refresh()  # a command may have changed it since the last push
+    body = fleet(registry.entries(), request.app[STATE_KEY].probes, request.app[_SEAMS_KEY].clock(), filters, stale_after)
+    return _json(encode(body))
+
+
 async def _latest(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     probe = request.query.get("probe") or None
@@ -196,6 +208,7 @@ def make_app(
         app.router.add_get(METRICS_PATH, _metrics)
     app.router.add_get(HEALTH_PATH, _health)
     app.router.add_get(LATEST_PATH, _latest)
+    app.router.add_get(PROBES_PATH, _probes)
     app.router.add_get(OPENAPI_PATH, _openapi)
     install_sla(app, config, app[REGISTRY_KEY], clock)  # after the store's ctx: judging needs the open store
     return app

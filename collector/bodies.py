@@ -18,6 +18,8 @@ __all__ = [
     "SlaWindow",
     "SlaObjective",
     "SlaResponse",
+    "FleetProbe",
+    "ProbesResponse",
     "encode",
 ]
 
@@ -45,6 +47,33 @@ class Health(msgspec.Struct, frozen=True):
     store_backend: str
     version: str
     uptime_seconds: float
+
+
+class FleetProbe(msgspec.Struct, frozen=True):
+    """A registered probe and its health as the collector sees it (collector/fleet.py)."""
+
+    id: str
+    city: str
+    isp: str
+    #: `config`: from the collector config's probes list; `enrolled`: by an enrollment code
+    source: Literal["config", "enrolled"]
+    #: `revoked`; `never` (no batch yet); `stale` (latest batch older than stale_after); `ok`
+    state: Literal["ok", "stale", "never", "revoked"]
+    #: when the collector last received a valid batch from it, UTC ns; null: never
+    last_seen_ns: int | None
+    #: results waiting in its spool, and results its full spool dropped, as its latest batch said
+    spool_backlog: float | None
+    spool_dropped_total: float | None
+    labels: dict[str, str]
+
+
+class ProbesResponse(msgspec.Struct, frozen=True):
+    """Body of GET /api/v1/probes."""
+
+    probes: list[FleetProbe]
+    #: how many of the listed probes are in each state
+    counts: dict[str, int]
+    stale_after_seconds: float
 
 
 class Totals(msgspec.Struct, frozen=True):

@@ -8,12 +8,14 @@ import msgspec
 
 from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, RESULTS_PATH, Batch
 
-from .bodies import Ack, ErrorBody, Health, LatestResponse, SlaResponse
+from .bodies import Ack, ErrorBody, Health, LatestResponse, ProbesResponse, SlaResponse
+from .fleet import DEFAULT_STALE_AFTER_SECONDS, STATES
 
-__all__ = ["OPENAPI_PATH", "LATEST_PATH", "SLA_PATH", "HEALTH_PATH", "METRICS_PATH", "openapi_document"]
+__all__ = ["OPENAPI_PATH", "LATEST_PATH", "PROBES_PATH", "SLA_PATH", "HEALTH_PATH", "METRICS_PATH", "openapi_document"]
 
 OPENAPI_PATH: Final = "/api/v1/openapi.json"
 LATEST_PATH: Final = "/api/v1/latest"
+PROBES_PATH: Final = "/api/v1/probes"
 SLA_PATH: Final = "/api/v1/sla"
 HEALTH_PATH: Final = "/healthz"
 METRICS_PATH: Final = "/metrics"
@@ -66,10 +68,35 @@ def _sla_get(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _probes_get(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "operationId": "getProbes",
+        "summary": "The fleet: every registered probe, when it was last heard from, and its state",
+        "description": (
+            "States: `revoked` (the registry refuses it), `never` (registered, no batch yet), `stale` (its latest "
+            "batch is older than stale_after), `ok`. Filters are exact matches; several combine with AND."
+        ),
+        "parameters": [
+            {"name": "city", "in": "query", "required": False, "schema": {"type": "string"}, "description": "only this city"},
+            {"name": "isp", "in": "query", "required": False, "schema": {"type": "string"}, "description": "only this ISP"},
+            {"name": "state", "in": "query", "required": False, "schema": {"type": "string", "enum": list(STATES)},
+             "description": "only probes in this state"},
+            {"name": "stale_after", "in": "query", "required": False,
+             "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 365 * 86400},
+             "description": f"seconds without a batch after which a probe is stale (default {DEFAULT_STALE_AFTER_SECONDS:g})"},
+        ],
+        "responses": {
+            "200": {"description": "From the registry and what the collector received.",
+                    "content": {"application/json": {"schema": schema}}},
+            "400": _error("An unknown query parameter, an unknown state, or a bad stale_after."),
+        },
+    }
+
+
 def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
     """The OpenAPI 3.1 document (a JSON-ready dict) for this collector's limits."""
-    (batch, ack, _, health, latest, sla), components = msgspec.json.schema_components(
-        (Batch, Ack, ErrorBody, Health, LatestResponse, SlaResponse), ref_template=_REF
+    (batch, ack, _, health, latest, sla, probes), components = msgspec.json.schema_components(
+        (Batch, Ack, ErrorBody, Health, LatestResponse, SlaResponse, ProbesResponse), ref_template=_REF
     )
     results_post = {
         "operationId": "postResults",
@@ -144,6 +171,7 @@ def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
                     },
                 }
             },
+            PROBES_PATH: {"get": _probes_get(probes)},
             SLA_PATH: {"get": _sla_get(sla)},
             HEALTH_PATH: {
                 "get": {

@@ -52,6 +52,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: set[object] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (dict, list)):  # `{{}: x}`: not a key any config has; PyYAML would raise TypeError
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a name or a number, not a mapping or a list", key_node.start_mark
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark

@@ -15,7 +15,8 @@ from qiancheng.core.wire import Batch, encode_batch
 from tests.conftest import PYTHON, Processes
 from tests.integration.helpers import Collector
 
-TOKENS = {"city-a-01": "token-for-city-a-0123456789abcdef", "city-b-01": "token-for-city-b-0123456789abcdef"}
+TOKENS = {"city-a-01": "token-for-city-a-0123456789abcdef", "city-b-01": "token-for-city-b-0123456789abcdef",
+          "city-c-01": "token-for-city-c-0123456789abcdef"}
 
 
 def _push(collector: Collector, probe: str, batch_id: str) -> tuple[int, dict[str, object]]:
@@ -28,6 +29,14 @@ def _push(collector: Collector, probe: str, batch_id: str) -> tuple[int, dict[st
                                               "Content-Type": "application/json"})  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _fleet(collector: Collector, query: str = "") -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"{collector.url}/api/v1/probes{query}", timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
@@ -49,7 +58,8 @@ def test_revoked_from_the_command_line_refused_on_the_next_push(processes: Proce
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["id"], r["source"], r["state"]) for r in rows] == [("city-a-01", "config", "active"),
-                                                                  ("city-b-01", "config", "active")]
+                                                                  ("city-b-01", "config", "active"),
+                                                                  ("city-c-01", "config", "active")]
     table = _probes(config, "list")
     assert table.stdout.splitlines()[0].split() == ["ID", "CITY", "ISP", "SOURCE", "STATE", "CHANGED"]
 
@@ -58,6 +68,19 @@ def test_revoked_from_the_command_line_refused_on_the_next_push(processes: Proce
     status, body = _push(collector, "city-a-01", "b2")
     assert status == 403 and "revoked" in str(body["error"])
     assert _push(collector, "city-b-01", "b3")[0] == 200  # the others go on
+
+    status, fleet = _fleet(collector)
+    assert status == 200
+    assert [(p["id"], p["state"]) for p in fleet["probes"]] == [  # type: ignore[index, union-attr]
+        ("city-a-01", "revoked"), ("city-b-01", "ok"), ("city-c-01", "never")]
+    assert fleet["counts"] == {"ok": 1, "stale": 0, "never": 1, "revoked": 1}
+    status, ok = _fleet(collector, "?state=ok&city=lishui")
+    assert [p["id"] for p in ok["probes"]] == ["city-b-01"]  # type: ignore[index, union-attr]
+    time.sleep(0.05)
+    status, stale = _fleet(collector, "?stale_after=0.01")
+    assert stale["counts"]["stale"] == 1  # type: ignore[index]
+    status, refused = _fleet(collector, "?state=asleep")
+    assert status == 400 and refused["field"] == "state"
 
     rotated = _probes(config, "rotate", "city-b-01")
     assert rotated.returncode == 2 and "from the config" in rotated.stderr

@@ -12,7 +12,7 @@ import pty
 import select
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,8 +26,7 @@ from qiancheng.probes.measure.progress import Progress, progress_callback
 from tests.conftest import PYTHON, Processes, free_port
 from tests.integration.helpers import http_get, require_tool, wait_for
 
-# `responder`: test_responder's module-scoped fixture, one responder with the default limits
-from tests.integration.test_responder import HOST, Responder, responder, start_responder  # noqa: F401
+from tests.integration.test_responder import HOST, Responder, start_responder
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +34,21 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 # short tests: a 1 s window after at most 0.5 s of warm-up
 QUICK = {"window": 1.0, "warmup": 0.5, "max_bytes": 36 * GIB}
+
+
+@pytest.fixture(scope="module")
+def responder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Responder]:
+    """One responder for this module's tests, with the default limits but for the per-client byte budget:
+    these tests move tens of GB a minute at loopback speed, more than the default 16 GiB a minute, and
+    the budget has tests of its own (test_responder)."""
+    workdir = tmp_path_factory.mktemp("throughput-responder")
+    config = workdir / "responder.yaml"
+    config.write_text("limits:\n  max_client_bytes_per_minute: 1024GiB\n")
+    processes = Processes(workdir)
+    try:
+        yield start_responder(processes, config)
+    finally:
+        processes.stop_all()
 
 
 def _target(responder: Responder) -> Target:

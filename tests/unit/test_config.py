@@ -75,6 +75,8 @@ def test_bad_config_names_file_line_field(file: str, line: int, field: str, reas
         ("probe: {id: p1, city: c, isp: i}\ncollector: {url: 'http://c', token: t}\ndefaults:\n  upload: {secret_file: /nonexistent/r.secret}\ntargets:\n  - {name: a, address: 127.0.0.1, kinds: [upload]}\n", 6, "targets[0].kinds.upload.secret_file", "cannot read"),
         ("probe: {id: p1, city: c, isp: i}\nprobe: {id: p2, city: c, isp: i}\n", 2, "", "duplicate key 'probe'"),
         ("probe: [unclosed\n", 2, "", "not valid YAML"),
+        ("{{}: 1}\n", 1, "", "a key must be a name or a number"),  # found by the config fuzzer
+        ("? [a, b]\n: 1\n", 1, "", "a key must be a name or a number"),
     ],
 )
 def test_bad_config_inline(tmp_path: Path, text: str, line: int, field: str, reason: str) -> None:
