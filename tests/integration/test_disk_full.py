@@ -98,7 +98,11 @@ def test_disk_full_probe_spool_at_its_bound_drops_oldest_counted_and_shown(proce
     probe.send_signal(signal.SIGTERM)
     assert probe.wait(timeout=15) == 0
     books = chaos.count(collector, tmp_path, "bound-01")
-    assert books.dropped > 0 and (books.lost, books.duplicated) == (0, 0), books
+    # The drops bound what is missing: a result dropped while its batch was in flight may still have
+    # reached the collector (the spool cannot know; the collector keeps it once, by seq), so the store
+    # may hold a few of the dropped ones (lost < 0 by the books' formula); nothing else may be missing.
+    missing = books.lost + books.dropped  # numbered, neither stored nor in the spool
+    assert books.dropped > 0 and 0 < missing <= books.dropped and books.duplicated == 0, books
     # the oldest went: what is stored is the newest of what was numbered
     first_stored = min(seq for seq, *_ in chaos.stored_rows(collector.db, "bound-01"))
     assert first_stored > books.first_seq, books
