@@ -261,7 +261,8 @@ def build_reflector_packet(received: bytes, receive_ns: int, ttl: int, estimate:
                            transmit_ns: int | None = None, key: bytes | None = None) -> bytearray | None:
     """The stateless reflection (RFC 8762 §4.3, §4.3.1, §4.3.2) of a received sender packet: same size,
     its sequence number reused, its sequence, timestamp, error estimate, SSID and arrival TTL copied, T2 =
-    `receive_ns`. T3 is `transmit_ns`, or 0 until `stamp_timestamp` writes it right before the send.
+    `receive_ns`. T3 is `transmit_ns`, or 0 until `stamp_timestamp` writes it (and, authenticated, the
+    HMAC) right before the send.
     None for a packet shorter than the mode's base packet (the answer is never larger than what was
     received), for one whose HMAC does not verify (authenticated), and for one whose Error Estimate has
     a zero multiplier (RFC 4656 §4.1.2: corrupt, to be discarded).
@@ -276,7 +277,7 @@ def build_reflector_packet(received: bytes, receive_ns: int, ttl: int, estimate:
         sender.ssid, ntp_from_ns(receive_ns), sender.sequence, sender.timestamp, sender.error_estimate.to_field(),
         ttl & 0xFF,
     )
-    if key is not None:
+    if key is not None and transmit_ns is not None:  # else `stamp_timestamp` signs it, once, with T3
         seal(reply, key)
     return reply
 
