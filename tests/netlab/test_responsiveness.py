@@ -62,11 +62,16 @@ WARM_UP_SECONDS = 2.0
 WINDOW_SECONDS = 4.0
 PROBE_INTERVAL_SECONDS = 0.1
 FPING_INTERVAL_MS = 100
-# The large queue holds 12.5 times the small one's delay (measured: 11x in RPM); a factor of 5 leaves
-# room for the probes' own processing and for retransmissions on the small queue. A 10 ms small queue
-# dropped so often under four CUBIC flows that one TLS handshake in four waited ~220 ms for a
-# retransmission (more than the trimmed mean's 5 %), and its https RPM swung between 1000 and 3000.
-RPM_FACTOR = 5.0
+# The large queue holds 12.5 times the small one's delay (measured: 11x in RPM when the small queue
+# dropped no probe). The small tail-drop queue under four CUBIC flows drops 0-12 % of all packets
+# (fping lost up to 5 echoes of 40), and a probe whose SYN is dropped waits a 1 s retransmission that
+# the draft's trimmed mean keeps once more than 5 % of probes are hit: measured ratios 4.5-11. A factor
+# of 3 still tells a 250 ms queue from a 20 ms one. A 10 ms small queue dropped so often that one TLS
+# handshake in four waited ~220 ms for a retransmission, and its https RPM swung between 1000 and 3000.
+RPM_FACTOR = 3.0
+# fping's echoes cross the same tail-drop queue as the load and are dropped with it (up to 12.5 % on
+# the small queue): the median needs enough of them, not all.
+FPING_SHARE = 0.6
 # Kind download's own streams fill the large queue more slowly (their receive windows grow with it):
 # in its window the queue stood at 60-150 ms of the 250 ms (fping agreeing), against 16-17 ms on the
 # small one, and its RPM fell 3.3-9 times.
@@ -222,7 +227,7 @@ def test_large_queue_raises_loaded_rtt_and_lowers_responsiveness(runs: dict[str,
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_loaded_rtt_agrees_with_fping_during_the_same_load(runs: dict[str, LoadedRun], scheme: str) -> None:
     for run in runs.values():
-        assert len(run.fping_seconds) >= 0.9 * WINDOW_SECONDS * 1000 / FPING_INTERVAL_MS, _shown(run, scheme)
+        assert len(run.fping_seconds) >= FPING_SHARE * WINDOW_SECONDS * 1000 / FPING_INTERVAL_MS, _shown(run, scheme)
         ours, peer = run.figures[scheme]["loaded_rtt_seconds"], run.fping_median
         # Both cross the same queue once per round trip; its level moves with TCP's sawtooth, so the
         # medians of two samplings of it agree within a fifth, plus 2 ms for our probes' own processing.
