@@ -15,9 +15,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from qiancheng.core.clock import wall_ns
 from qiancheng.core.logs import kv
+from qiancheng.core.plan_wire import PLAN_PATH
 from qiancheng.core.wire import RESULTS_PATH
 
 from . import __version__
+from .auth import authenticate
 from .bodies import ErrorBody, Health, LatestResponse, Totals, encode
 from .config import CollectorConfig, StoreConfig
 from .fleet import FleetQueryError, fleet, parse_query
@@ -25,6 +27,8 @@ from .ingest import INGEST_KEY, Ingest
 from .live import LiveState
 from .metrics import build_registry, new_live_state
 from .openapi import HEALTH_PATH, LATEST_PATH, METRICS_PATH, OPENAPI_PATH, PROBES_PATH, openapi_document
+from .plan.service import PlanService
+from .refused import Refused
 from .registry import ProbeRegistry, open_registry
 from .sla.service import install_sla
 from .store import STORE_KEY, Store, StoreError, open_store
@@ -36,6 +40,7 @@ __all__ = [
     "STORE_KEY",
     "INGEST_KEY",
     "PROBES_KEY",
+    "PLAN_KEY",
     "make_app",
     "make_internal_app",
 ]
@@ -48,6 +53,7 @@ CONFIG_KEY = web.AppKey("config", CollectorConfig)
 STATE_KEY = web.AppKey("state", LiveState)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 PROBES_KEY = web.AppKey("probe_registry", ProbeRegistry)
+PLAN_KEY = web.AppKey("plan", PlanService)
 _OPENAPI_KEY = web.AppKey("openapi", bytes)
 _STARTED_KEY = web.AppKey("started", float)
 
@@ -109,7 +115,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         for stored in latest:  # what each probe already reports counts against limits.max_targets_per_probe
             known_targets.setdefault(stored.probe_id, set()).add(stored.result.target.name)
         app[STORE_KEY] = store
-        mutual_tls = config.listen.tls is not None and bool(config.listen.tls.client_ca_file)
+        mutual_tls = _mutual_tls(config)
+        if config.plan is not None:
+            app[PLAN_KEY] = PlanService(config.plan.file, config.limits.max_targets_per_probe, probes, mutual_tls)
         app[INGEST_KEY] = Ingest(probes, store, app[STATE_KEY], config.limits, seams.clock,
                                  client_certificates=mutual_tls, known_targets=known_targets)  # fmt: skip
         log.info(kv("store_opened", backend=store.backend, path=config.store.location,
@@ -119,6 +127,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.close()
         probes.close()
         log.info(kv("store_closed", backend=store.backend))
+
+
+def _mutual_tls(config: CollectorConfig) -> bool:
+    return config.listen.tls is not None and bool(config.listen.tls.client_ca_file)
 
 
 async def _post_results(request: web.Request) -> web.Response:
@@ -162,6 +174,18 @@ async def _probes(request: web.Request) -> web.Response:
     registry.refresh()  # a command may have changed it since the last push
     body = fleet(registry.entries(), request.app[STATE_KEY].probes, request.app[_SEAMS_KEY].clock(), filters, stale_after)
     return _json(encode(body))
+
+
+async def _plan(request: web.Request) -> web.Response:
+    service = request.app.get(PLAN_KEY)
+    if service is None:
+        # authenticated first: a stranger learns nothing of the collector's configuration
+        try:
+            authenticate(request, request.app[PROBES_KEY], _mutual_tls(request.app[CONFIG_KEY]))
+        except Refused as refused:
+            return refused.response()
+        return _json(encode(ErrorBody(error="this collector serves no plan (its config has no plan.file)")), 404)
+    return await service.handle(request)
 
 
 async def _latest(request: web.Request) -> web.Response:
@@ -210,6 +234,7 @@ def make_app(
     app.router.add_get(LATEST_PATH, _latest)
     app.router.add_get(PROBES_PATH, _probes)
     app.router.add_get(OPENAPI_PATH, _openapi)
+    app.router.add_get(PLAN_PATH, _plan)
     install_sla(app, config, app[REGISTRY_KEY], clock)  # after the store's ctx: judging needs the open store
     return app
 

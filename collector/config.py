@@ -17,6 +17,7 @@ from qiancheng.core.result import NAME_PATTERN
 from qiancheng.core.units import Duration, Size
 from qiancheng.core.wire import MAX_RESULTS_PER_BATCH
 
+from .plan.load import load_plan
 from .sla.settings import SlaConfig, check_sla_section
 from .tls import TlsFileError, server_context
 
@@ -31,6 +32,7 @@ __all__ = [
     "LimitsConfig",
     "MetricsConfig",
     "SlaConfig",
+    "PlanConfig",
     "CollectorConfig",
     "load_collector_config",
 ]
@@ -149,6 +151,13 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     series_ttl: Duration = Duration(3600.0)
 
 
+class PlanConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The central test plan served to probes (GET /api/v1/plan)."""
+
+    #: plan.yaml, relative to this config's directory; checked with the config, re-read when it changes
+    file: Annotated[str, msgspec.Meta(min_length=1)]
+
+
 class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole collector config file."""
 
@@ -160,6 +169,7 @@ class CollectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()
     sla: SlaConfig = SlaConfig()
+    plan: PlanConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -229,4 +239,16 @@ def load_collector_config(file: str | Path) -> tuple[CollectorConfig, YamlDocume
     config, document = load_struct(file, CollectorConfig)
     _check(config, document)
     sla = check_sla_section(config.sla, config.store.backend, config.store.path, document)
-    return msgspec.structs.replace(config, sla=sla), document
+    return msgspec.structs.replace(config, sla=sla, plan=_check_plan(config, document)), document
+
+
+def _check_plan(config: CollectorConfig, document: YamlDocument) -> PlanConfig | None:
+    """The plan file loads and expands for every city (its errors name plan.yaml's own lines); its path
+    is made absolute, relative to this config."""
+    if config.plan is None:
+        return None
+    path = (Path(document.file).parent / config.plan.file).resolve()
+    if not path.is_file():
+        raise document.error(("plan", "file"), f"no such file: {str(path)!r}")
+    load_plan(path, config.limits.max_targets_per_probe)
+    return PlanConfig(file=str(path))

@@ -44,18 +44,18 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from qiancheng.core.clock import wall_ns
-from qiancheng.core.errors import QianchengError
 from qiancheng.core.logs import kv
 from qiancheng.core.wire import Batch, decode_batch
 
-from .bodies import Ack, ErrorBody, encode
+from .auth import authenticate
+from .bodies import Ack, encode
 from .config import LimitsConfig
 from .live import LiveState
 from .ratelimit import ProbeLimiter
+from .refused import Refused
 from .registry import ProbeRegistry
 from .request_body import BadEncoding, BodyTooLarge, read_bounded
 from .store import BatchOutcome, Store, StoreError
-from .tls import certificate_names
 
 __all__ = ["Refused", "refusal_for_decode_error", "Ingest", "INGEST_KEY", "AfterStore", "RETRY_AFTER_SECONDS"]
 
@@ -82,25 +82,6 @@ _JSON_TYPES = ("application/json",)
 #: called with each batch the store accepted (and its received time) before the 200; it must not raise
 #: a store failure, since the batch is already stored (the SLA window cache, `sla.cache.WindowCache.add`)
 AfterStore = Callable[[Batch, int], Awaitable[None]]
-
-
-class Refused(QianchengError, ValueError):
-    """A request the collector will not accept: an HTTP status, a reason, and the JSON path at fault."""
-
-    def __init__(self, status: int, error: str, field: str | None = None, headers: Mapping[str, str] | None = None) -> None:
-        self.status = status
-        self.error = error
-        self.field = field
-        self.headers = dict(headers or {})
-        super().__init__(f"{status}: {error}" + (f" at {field}" if field else ""))
-
-    def response(self) -> web.Response:
-        return web.Response(
-            status=self.status,
-            body=encode(ErrorBody(error=self.error, field=self.field)),
-            content_type="application/json",
-            headers=self.headers,
-        )
 
 
 def refusal_for_decode_error(error: msgspec.DecodeError) -> Refused:
@@ -181,24 +162,11 @@ class Ingest:
 
     async def _admit(self, request: web.Request) -> web.Response:
         """Authenticate, then hold one of the concurrent-push slots while the push is handled."""
-        identity = self._registry.identify(request.headers.get(hdrs.AUTHORIZATION))
-        if identity is None:
-            reason = "bearer token required" if hdrs.AUTHORIZATION not in request.headers else "invalid token"
-            self._refused(request, 401, reason, None)
-            raise Refused(401, reason, headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="qiancheng"'})
-        probe = identity.probe_id
-        if identity.revoked:
-            reason = f"probe {probe!r} is revoked; enroll it again"
-            self._refused(request, 403, reason, probe)
-            raise Refused(403, reason)
-        if self._client_certificates:
-            # the token says which probe this is; its certificate must say the same
-            peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None
-            names = certificate_names(peercert)
-            if probe not in names:
-                reason = f"the client certificate names {', '.join(sorted(names)) or 'no one'}, not probe {probe!r}"
-                self._refused(request, 403, reason, probe)
-                raise Refused(403, reason)
+        try:
+            probe = authenticate(request, self._registry, self._client_certificates).probe_id
+        except Refused as refused:
+            self._refused(request, refused.status, refused.error, refused.probe)
+            raise
         if self._in_flight >= self._limits.max_concurrent_requests:
             # refused before the body is read: what waits is bounded by the slots, never a queue in memory
             raise Refused(503, f"{self._in_flight} pushes in progress (limits.max_concurrent_requests); retry later",

@@ -161,8 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "probes":
         return run_probes_command(args, config)
     if args.check:
+        plan = f", plan {config.plan.file}" if config.plan is not None else ", no plan"
         print(f"{args.config}: ok: listen {config.listen.host}:{config.listen.port}, "
-              f"store {config.store.backend} {config.store.location}, {len(config.probes)} probes")  # fmt: skip
+              f"store {config.store.backend} {config.store.location}, {len(config.probes)} probes{plan}")  # fmt: skip
         return 0
     logs.setup(config.log_level)
     logging.getLogger("aiohttp.server").addFilter(_bad_request_in_one_line)

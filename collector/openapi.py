@@ -6,6 +6,7 @@ from typing import Any, Final
 
 import msgspec
 
+from qiancheng.core.plan_wire import PLAN_PATH, Plan
 from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, RESULTS_PATH, Batch
 
 from .bodies import Ack, ErrorBody, Health, LatestResponse, ProbesResponse, SlaResponse
@@ -93,10 +94,44 @@ def _probes_get(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _plan_get(schema: dict[str, Any]) -> dict[str, Any]:
+    def query(name: str, text: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": {"type": "string", "maxLength": 161}, "description": text}
+
+    return {
+        "operationId": "getPlan",
+        "summary": "The asking probe's test plan, expanded from the collector's plan.yaml",
+        "description": (
+            "The probe is who its token says. Its city and ISP are the registry's when it was enrolled with them, "
+            "else the query's (as its batches say them); labels select overrides. The body's `version` changes "
+            "exactly when the probe's targets do; it is also the ETag, and a request whose If-None-Match holds it "
+            "is answered 304 without a body. Kind settings are as plan.yaml writes them (durations as text)."
+        ),
+        "security": [{"probeToken": []}],
+        "parameters": [
+            query("city", "the probe's city (ignored for a probe enrolled with one)"),
+            query("isp", "the probe's ISP (ignored for a probe enrolled with one)"),
+            {**query("label", "a label of the probe, key:value; repeated"), "style": "form", "explode": True},
+            {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {"description": "The probe's plan.", "headers": {"ETag": {"schema": {"type": "string"}}},
+                    "content": {"application/json": {"schema": schema}}},
+            "304": {"description": "The probe already holds this version.", "headers": {"ETag": {"schema": {"type": "string"}}}},
+            "400": _error("An unknown query parameter, or a city, ISP or label that is not a label value."),
+            "401": _error("No bearer token, or one no probe has.", {"WWW-Authenticate": {"schema": {"type": "string"}}}),
+            "403": _error("The probe is revoked, or (mutual TLS) its certificate names another probe."),
+            "404": _error("This collector serves no plan (no plan.file in its config)."),
+            "422": _error("No plan can be made for this probe (a city the plan does not know, more targets than "
+                          "limits.max_targets_per_probe); `field` is the plan.yaml path at fault."),
+        },
+    }
+
+
 def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
     """The OpenAPI 3.1 document (a JSON-ready dict) for this collector's limits."""
-    (batch, ack, _, health, latest, sla, probes), components = msgspec.json.schema_components(
-        (Batch, Ack, ErrorBody, Health, LatestResponse, SlaResponse, ProbesResponse), ref_template=_REF
+    (batch, ack, _, health, latest, sla, probes, plan), components = msgspec.json.schema_components(
+        (Batch, Ack, ErrorBody, Health, LatestResponse, SlaResponse, ProbesResponse, Plan), ref_template=_REF
     )
     results_post = {
         "operationId": "postResults",
@@ -155,7 +190,7 @@ def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
         "info": {
             "title": "qiancheng collector",
             "version": version,
-            "description": "Ingest of probe results, the latest results, health, and Prometheus metrics.",
+            "description": "Ingest of probe results, test plans, the fleet, the latest results, SLA judgement, health, and Prometheus metrics.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "paths": {
@@ -171,6 +206,7 @@ def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
                     },
                 }
             },
+            PLAN_PATH: {"get": _plan_get(plan)},
             PROBES_PATH: {"get": _probes_get(probes)},
             SLA_PATH: {"get": _sla_get(sla)},
             HEALTH_PATH: {

@@ -79,6 +79,14 @@ class YamlDocument:
         except yaml.YAMLError as error:
             raise ConfigError(file, f"not valid YAML: {error}") from None
 
+    @classmethod
+    def of_data(cls, file: str, data: Any) -> YamlDocument:
+        """A document for data that came without lines (JSON from the network): errors name `file` and
+        the field, no line."""
+        document = cls.__new__(cls)
+        document.file, document.root, document.data = file, None, data
+        return document
+
     def line_of(self, path: Sequence[PathPart]) -> int | None:
         """1-based line of the deepest node on `path` that exists (its key's line for mapping values)."""
         node, line = self.root, (self.root.start_mark.line + 1 if self.root is not None else None)

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import msgspec
 
 from qiancheng.core import __version__, logs
 from qiancheng.core.clock import wall_ns
@@ -16,6 +17,7 @@ from qiancheng.core.logs import kv
 from qiancheng.core.result import Result
 
 from .config import Job, ProbeConfig, load_probe_config
+from .plan_client import AppliedPlan, PlanClient, read_saved_plan
 from .scheduler import Scheduler
 from .spool import Spool
 from .uploader import Uploader
@@ -38,6 +40,9 @@ class Agent:
         self._uploader: Uploader | None = None
         self._upload_task: asyncio.Task[None] | None = None
         self._scheduler: Scheduler | None = None
+        self._plan: AppliedPlan | None = None
+        self._plan_client: PlanClient | None = None
+        self._plan_task: asyncio.Task[None] | None = None
         #: results the spool could not take (disk full, I/O error), each logged
         self.spool_failures = 0
 
@@ -70,9 +75,50 @@ class Agent:
             backoff_cap=float(c.collector.backoff_cap),
         )
 
+    def jobs(self) -> tuple[Job, ...]:
+        """The config's own jobs and the plan's; a target of the config replaces the plan's of that name."""
+        own = self.config.jobs
+        if self._plan is None:
+            return own
+        names = {job.target.name for job in own}
+        return own + tuple(job for job in self._plan.jobs if job.target.name not in names)
+
+    def _apply_plan(self, applied: AppliedPlan) -> None:
+        """A new plan, checked whole: from now on the scheduler runs it (tests in progress finish)."""
+        previous = self._plan.version if self._plan is not None else ""
+        self._plan = applied
+        if self._scheduler is not None:
+            self._scheduler.apply(self.jobs())
+        log.info(kv("plan_applied", version=applied.version, previous=previous or "none",
+                    targets=len(applied.plan.targets), jobs=len(self.jobs())))  # fmt: skip
+
+    def _start_plan_client(self) -> None:
+        c = self.config
+        if c.plan is None:
+            self._plan = None
+            return
+        assert self._session is not None
+        saved = c.plan.saved_path(c.spool)
+        if self._plan is None:
+            self._plan = read_saved_plan(saved, c.probe.id)
+            if self._plan is not None:
+                log.info(kv("plan_loaded", file=str(saved), version=self._plan.version, targets=len(self._plan.plan.targets)))
+        self._plan_client = PlanClient(self._session, c.collector.url, c.token, c.probe, float(c.plan.poll_interval),
+                                       float(c.collector.timeout), saved, self._apply_plan,
+                                       version=self._plan.version if self._plan is not None else "")  # fmt: skip
+        self._plan_task = asyncio.create_task(self._plan_client.run(), name="plan")
+
+    async def _stop_plan_client(self) -> None:
+        if self._plan_client is not None and self._plan_task is not None:
+            self._plan_client.stop()
+            await asyncio.gather(self._plan_task, return_exceptions=True)
+        self._plan_client, self._plan_task = None, None
+
     async def _record(self, job: Job, result: Result) -> None:
         """The scheduler's sink: a result counts as measured once the spool has committed it."""
         assert self._spool is not None and self._uploader is not None
+        if job.plan:  # which plan the test was run under, for the record
+            result = msgspec.structs.replace(result, info={**result.info, "plan": job.plan})
         try:
             await self._spool.add(result)
         except Exception as error:  # noqa: BLE001 - a full or broken disk must not stop the scheduler
@@ -100,9 +146,11 @@ class Agent:
         self._uploader = self._make_uploader(self._spool, self._session)
         self._upload_task = asyncio.create_task(self._uploader.run(), name="uploader")
         self._scheduler = Scheduler(c.probe.id, self._record, c.scheduler.max_concurrency)
-        self._scheduler.apply(c.jobs)
+        self._start_plan_client()
+        self._scheduler.apply(self.jobs())
         counters = await self._spool.counters()
-        log.info(kv("probe_started", probe=c.probe.id, city=c.probe.city, isp=c.probe.isp, jobs=len(c.jobs),
+        log.info(kv("probe_started", probe=c.probe.id, city=c.probe.city, isp=c.probe.isp, jobs=len(self.jobs()),
+                    plan=(self._plan.version if self._plan is not None else "none") if c.plan is not None else "off",
                     collector=c.collector.url, spool=c.spool.path, backlog=counters.backlog, version=__version__))
         await self._stop.wait()
         return await self._shutdown()
@@ -118,7 +166,12 @@ class Agent:
         old, self.config = self.config, new
         if new.spool != old.spool:
             log.warning(kv("reload_spool_unchanged", reason="spool settings take effect at the next start"))
-        if (new.collector, new.token, new.probe) != (old.collector, old.token, old.probe):
+        reconnect = (new.collector, new.token, new.probe) != (old.collector, old.token, old.probe)
+        if reconnect or new.plan != old.plan:
+            await self._stop_plan_client()
+            if new.probe.id != old.probe.id or new.plan is None:
+                self._plan = None  # another probe's plan, or none wanted any more
+        if reconnect:
             # The spool keeps every result; only the uploader that sends them is replaced.
             assert self._uploader is not None and self._upload_task is not None
             self._uploader.stop()
@@ -127,12 +180,15 @@ class Agent:
             self._session = self._open_session()
             self._uploader = self._make_uploader(self._spool, self._session)
             self._upload_task = asyncio.create_task(self._uploader.run(), name="uploader")
-        self._scheduler.apply(new.jobs, probe_id=new.probe.id)
-        log.info(kv("reloaded", jobs=len(new.jobs)))
+        if self._plan_task is None:
+            self._start_plan_client()
+        self._scheduler.apply(self.jobs(), probe_id=new.probe.id)
+        log.info(kv("reloaded", jobs=len(self.jobs())))
 
     async def _shutdown(self) -> int:
         """Stop measuring, push what the flush budget allows, close; all within 5 s of SIGTERM."""
         assert self._scheduler and self._uploader and self._upload_task and self._spool and self._session
+        await self._stop_plan_client()
         await self._scheduler.stop()
         # A cancelled test's result may already be in the spool's commit group: commit it before the flush.
         await self._spool.settle()

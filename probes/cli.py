@@ -154,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{len({j.target.name for j in config.jobs})} targets, {len(config.jobs)} jobs")
         for job in config.jobs:
             print(f"  {job.target.name:<24} {job.kind:<8} every {job.settings.interval:g}s")
+        if config.plan is not None:
+            print(f"  and the collector's plan ({config.collector.url}), asked every {config.plan.poll_interval:g}s, "
+                  f"the last good one kept in {config.plan.saved_path(config.spool)}")  # fmt: skip
         if config.collector.insecure_skip_verify:
             print(f"{config.file}: warning: collector.insecure_skip_verify is on: the collector's certificate "
                   "is not checked", file=sys.stderr)  # fmt: skip

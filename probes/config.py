@@ -7,26 +7,26 @@ starts. Per-kind settings come from `core.kind_settings` (defaults declared ther
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
 
-from qiancheng.core.configfile import YamlDocument, load_struct
-from qiancheng.core.kind_settings import (
-    DnsSettings,
-    HttpSettings,
-    KindSettings,
-    ThroughputSettings,
-    settings_problem,
-)
-from qiancheng.core.kinds import KINDS, kind_named
+from qiancheng.core.configfile import PathPart, YamlDocument, load_struct
+from qiancheng.core.kind_settings import KindSettings
+from qiancheng.core.kinds import kind_named
 from qiancheng.core.result import NAME_PATTERN, Target
+from qiancheng.core.targets import (
+    TargetSpec,
+    check_address,
+    check_kind_name,
+    spec_settings,
+    spec_target,
+    split_host_port,
+)
 from qiancheng.core.units import Duration, Size
 from qiancheng.core.wire import Label
 
@@ -40,13 +40,14 @@ __all__ = [
     "Job",
     "ProbeConfig",
     "load_probe_config",
+    "PlanSettings",
     "check_address",
+    "split_host_port",
+    "spec_jobs",
 ]
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 LabelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")]
-
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
 class ProbeIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -98,21 +99,23 @@ class SchedulerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     shutdown_flush: Duration = Duration(3.0)
 
 
-class _TargetEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: Name
-    address: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
-    kinds: dict[str, dict[str, Any] | None] | list[str]
-    target_class: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")] = msgspec.field(
-        default="edge", name="class"
-    )
-    labels: dict[LabelName, Label] = {}
-    enabled: bool = True
+class PlanSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The collector's central test plan (GET /api/v1/plan): how often to ask for it, and where the last
+    good one is kept, so that the probe measures through a collector outage and after a restart."""
+
+    poll_interval: Duration = Duration(300.0)
+    #: the last good plan (JSON); empty: plan.json beside the spool
+    file: str = ""
+
+    def saved_path(self, spool: SpoolSettings) -> Path:
+        return Path(self.file) if self.file else Path(spool.path).parent / "plan.json"
 
 
 class _ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     probe: ProbeIdentity
     collector: CollectorSettings
-    targets: list[_TargetEntry]
+    targets: list[TargetSpec] = []
+    plan: PlanSettings | None = None
     spool: SpoolSettings = SpoolSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     defaults: dict[str, dict[str, Any]] = {}
@@ -127,6 +130,9 @@ class Job:
     kind: str
     settings: KindSettings
     labels: tuple[tuple[str, str], ...] = ()
+    #: the version of the collector's plan the job came from (empty for the probe's own targets); not
+    #: part of the job's identity: a new plan that leaves a job as it was keeps its slots
+    plan: str = field(default="", compare=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -145,51 +151,8 @@ class ProbeConfig:
     scheduler: SchedulerSettings
     jobs: tuple[Job, ...]
     log_level: str
-
-
-def check_address(address: str, kind: str) -> str | None:
-    """Why `address` cannot be measured by `kind`, or None if it can."""
-    if "://" in address:
-        parts = urlsplit(address)
-        if parts.scheme not in ("http", "https"):
-            return f"URL scheme must be http or https, got {parts.scheme!r}"
-        if not parts.hostname:
-            return "URL has no host"
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as error:
-            return f"bad port in URL: {error}"
-        return None if kind in ("http", "download", "upload") else f"kind {kind} needs a host, not a URL"
-    host, _ = split_host_port(address)
-    if host is None:
-        return f"not an IP address, host name or host:port: {address!r}"
-    return None
-
-
-def split_host_port(address: str) -> tuple[str | None, int | None]:
-    """(host, port) from `host`, `host:port`, `v6`, `[v6]` or `[v6]:port`; host None if malformed."""
-    host, port = address, None
-    if address.startswith("["):
-        end = address.find("]")
-        if end < 0:
-            return None, None
-        host, rest = address[1:end], address[end + 1 :]
-        if rest:
-            if not rest.startswith(":") or not rest[1:].isdigit():
-                return None, None
-            port = int(rest[1:])
-    elif address.count(":") == 1:
-        host, port_text = address.split(":")
-        if not port_text.isdigit():
-            return None, None
-        port = int(port_text)
-    if port is not None and not 0 < port < 65536:
-        return None, None
-    try:
-        ipaddress.ip_address(host)
-        return host, port
-    except ValueError:
-        return (host, port) if ":" not in host and _HOSTNAME.match(host) else (None, None)
+    #: the collector's plan is asked for (and merged with `jobs`, which win by target name)
+    plan: PlanSettings | None = None
 
 
 def load_probe_config(file: str | Path) -> ProbeConfig:
@@ -204,9 +167,11 @@ def load_probe_config(file: str | Path) -> ProbeConfig:
             raise document.error(["targets", index, "name"], f"target name {entry.name!r} is used twice")
         names.add(entry.name)
         if entry.enabled:
-            jobs.extend(_target_jobs(entry, index, defaults, document))
-    if not raw.targets:
-        raise document.error(["targets"], "no targets: give at least one")
+            jobs.extend(spec_jobs(entry, defaults, document, ["targets", index]))
+    if not raw.targets and raw.plan is None:
+        raise document.error(["targets"], "no targets: give at least one, or `plan: {}` to take them from the collector")
+    if raw.plan is not None and raw.plan.poll_interval < 1:
+        raise document.error(["plan", "poll_interval"], "must be at least 1s")
     return ProbeConfig(
         file=str(file),
         probe=raw.probe,
@@ -216,6 +181,7 @@ def load_probe_config(file: str | Path) -> ProbeConfig:
         scheduler=raw.scheduler,
         jobs=tuple(jobs),
         log_level=raw.log_level,
+        plan=raw.plan,
     )
 
 
@@ -257,51 +223,13 @@ def _token(collector: CollectorSettings, document: YamlDocument) -> str:
 def _defaults(raw: dict[str, dict[str, Any]], document: YamlDocument) -> dict[str, dict[str, Any]]:
     """The `defaults:` section, each kind's entry checked on its own so errors point at it."""
     for kind, values in raw.items():
-        _check_kind_name(kind, ["defaults", kind], document)
+        check_kind_name(kind, ["defaults", kind], document)
         document.convert(values or {}, kind_named(kind).settings, ["defaults", kind])
     return {kind: dict(values or {}) for kind, values in raw.items()}
 
 
-def _check_kind_name(kind: str, path: list[str | int], document: YamlDocument) -> None:
-    if kind not in KINDS:
-        raise document.error(path, f"unknown kind {kind!r} (available: {', '.join(KINDS)})")
-
-
-def _target_jobs(entry: _TargetEntry, index: int, defaults: dict[str, dict[str, Any]], document: YamlDocument) -> list[Job]:
-    here: list[str | int] = ["targets", index]
-    kinds = {kind: {} for kind in entry.kinds} if isinstance(entry.kinds, list) else {k: v or {} for k, v in entry.kinds.items()}
-    if not kinds:
-        raise document.error(here + ["kinds"], "no kinds: give at least one, e.g. [icmp]")
-    target = Target(name=entry.name, address=entry.address, target_class=entry.target_class)
-    jobs = []
-    for kind, overrides in kinds.items():
-        path = here + ["kinds", kind]
-        _check_kind_name(kind, path, document)
-        settings = document.convert({**defaults.get(kind, {}), **overrides}, kind_named(kind).settings, path)
-        _check_job(target, kind, settings, path, here, document)
-        jobs.append(Job(target=target, kind=kind, settings=settings, labels=tuple(sorted(entry.labels.items()))))
-    return jobs
-
-
-def _check_job(target: Target, kind: str, settings: KindSettings, path: list[str | int], here: list[str | int], document: YamlDocument) -> None:
-    """Rules that span fields: the address fits the kind, and the interval exceeds the test."""
-    url = settings.url if isinstance(settings, (HttpSettings, ThroughputSettings)) else None
-    if url is not None:
-        if problem := check_address(url, kind):
-            raise document.error(path + ["url"], problem)
-    elif kind == "http" and "://" not in target.address:
-        raise document.error(here + ["address"], "kind http needs a URL: give the address as http(s)://... or set url")
-    elif not (isinstance(settings, DnsSettings) and settings.resolver is not None) and (problem := check_address(target.address, kind)):
-        raise document.error(here + ["address"], problem)
-    if isinstance(settings, DnsSettings):
-        if settings.resolver is not None and check_address(settings.resolver, "dns"):
-            raise document.error(path + ["resolver"], f"not an IP address or host:port: {settings.resolver!r}")
-        if settings.resolver is None and not settings.query_name:
-            raise document.error(path, "give query_name (the target's address is the resolver)")
-    if bad := settings_problem(settings):
-        raise document.error(path + [bad[0]], bad[1])
-    longest = settings.max_duration()
-    if settings.interval < longest:
-        raise document.error(path + ["interval"], f"interval {settings.interval:g}s is shorter than the test it schedules (up to {longest:g}s)")
-    if settings.interval <= 0:
-        raise document.error(path + ["interval"], "interval must be > 0")
+def spec_jobs(spec: TargetSpec, defaults: dict[str, dict[str, Any]], document: YamlDocument, here: list[PathPart], plan: str = "") -> list[Job]:
+    """The jobs of one target, its settings checked; `plan`: the version of the plan it came from."""
+    target, labels = spec_target(spec), tuple(sorted(spec.labels.items()))
+    return [Job(target=target, kind=kind, settings=settings, labels=labels, plan=plan)
+            for kind, settings in spec_settings(spec, defaults, document, here)]  # fmt: skip

@@ -38,10 +38,10 @@ def test_example_config_validates() -> None:
                 "sla:", "profiles:", "windows:", "interval:", "open_after:", "close_after:", "cache:",
                 "tls:", "cert_file:", "key_file:", "client_ca_file:", "metrics_listen:", "requests_per_second:",
                 "request_burst:", "results_per_second:", "result_burst:", "max_concurrent_requests:",
-                "max_targets_per_probe:"):  # fmt: skip
+                "max_targets_per_probe:", "plan:", "file: plan.yaml"):  # fmt: skip
         assert key in text
     assert set(CollectorConfig.__struct_fields__) == {"listen", "metrics_listen", "store", "probes", "limits", "metrics", "sla",
-                                                       "log_level"}
+                                                       "plan", "log_level"}
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the three config loaders (collector, probe, responder): whatever the file
+"""Property-based fuzzing of the config loaders (collector, probe, responder, plan): whatever the file
 holds, a loader returns a config or raises ConfigError naming the file, never another exception.
 
 Documents are drawn two ways: the shipped example configs with values swapped, keys dropped or
@@ -18,17 +18,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qiancheng.collector.config import load_collector_config
+from qiancheng.collector.plan.load import load_plan
 from qiancheng.core.errors import ConfigError
 from qiancheng.probes.config import load_probe_config
 from qiancheng.probes.responder.config import load_responder_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = {"collector": ROOT / "configs" / "collector.yaml", "probe": ROOT / "configs" / "probe.yaml",
-            "responder": ROOT / "configs" / "responder.yaml"}  # fmt: skip
+            "responder": ROOT / "configs" / "responder.yaml", "plan": ROOT / "configs" / "plan.yaml"}  # fmt: skip
 LOADERS: dict[str, Callable[[Path], object]] = {
     "collector": load_collector_config,
     "probe": load_probe_config,
     "responder": load_responder_config,
+    "plan": lambda path: load_plan(path, 256),
 }
 #: stands for the directory the config is written to
 HERE = "HERE_DIRECTORY"
@@ -78,12 +80,14 @@ def _load(kind: str, text: str) -> None:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / f"{kind}.yaml"
         path.write_text(text.replace(HERE, directory), encoding="utf-8")
-        (Path(directory) / "sla.yaml").write_text((ROOT / "configs" / "sla.yaml").read_text())  # the collector's
+        for named in ("sla.yaml", "plan.yaml"):  # the collector's
+            if not (Path(directory) / named).exists():
+                (Path(directory) / named).write_text((ROOT / "configs" / named).read_text())
         (Path(directory) / "probe.token").write_text("token-fuzz-0123456789\n")  # the probe's
         try:
             LOADERS[kind](path)
         except ConfigError as error:
-            # the config itself, or a file it names (sla.yaml) that holds the mistake
+            # the config itself, or a file it names (sla.yaml, plan.yaml) that holds the mistake
             assert error.file.startswith(directory) and error.reason, error
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 
 import pytest
@@ -131,3 +132,23 @@ async def test_failing_sink_does_not_stop_the_job() -> None:
     await asyncio.sleep(0.3)
     await scheduler.stop()
     assert calls >= 3
+
+
+async def test_a_new_plan_version_alone_keeps_the_jobs_slot_and_later_tests_carry_it() -> None:
+    recorder = Recorder(duration=0.03)
+    carried: list[str] = []
+
+    async def sink(job_run: Job, _: Result) -> None:
+        carried.append(job_run.plan)
+
+    scheduler = Scheduler("p1", sink, max_concurrency=4, measure_fn=recorder)
+    old = dataclasses.replace(job("edge"), plan="v1")
+    scheduler.apply([old])
+    await asyncio.sleep(0.12)
+    runner = scheduler._runners[old.key]
+    scheduler.apply([dataclasses.replace(old, plan="v2")])
+    assert scheduler._runners[old.key] is runner  # not restarted: same slots, the running test goes on
+    await asyncio.sleep(0.15)
+    await scheduler.stop()
+    assert carried[0] == "v1" and carried[-1] == "v2"
+    assert carried == sorted(carried)  # never v1 after v2
