@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from qiancheng.core.clock import wall_ns
+from qiancheng.core.enrollment import ENROLL_PATH
 from qiancheng.core.logs import kv
 from qiancheng.core.plan_wire import PLAN_PATH
 from qiancheng.core.wire import RESULTS_PATH
@@ -22,6 +23,7 @@ from . import __version__
 from .auth import authenticate
 from .bodies import ErrorBody, Health, LatestResponse, Totals, encode
 from .config import CollectorConfig, StoreConfig
+from .enroll import Enrollment
 from .fleet import FleetQueryError, fleet, parse_query
 from .ingest import INGEST_KEY, Ingest
 from .live import LiveState
@@ -54,6 +56,7 @@ STATE_KEY = web.AppKey("state", LiveState)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 PROBES_KEY = web.AppKey("probe_registry", ProbeRegistry)
 PLAN_KEY = web.AppKey("plan", PlanService)
+ENROLL_KEY = web.AppKey("enroll", Enrollment)
 _OPENAPI_KEY = web.AppKey("openapi", bytes)
 _STARTED_KEY = web.AppKey("started", float)
 
@@ -116,6 +119,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             known_targets.setdefault(stored.probe_id, set()).add(stored.result.target.name)
         app[STORE_KEY] = store
         mutual_tls = _mutual_tls(config)
+        app[ENROLL_KEY] = Enrollment(probes, mutual_tls)
         if config.plan is not None:
             app[PLAN_KEY] = PlanService(config.plan.file, config.limits.max_targets_per_probe, probes, mutual_tls)
         app[INGEST_KEY] = Ingest(probes, store, app[STATE_KEY], config.limits, seams.clock,
@@ -174,6 +178,10 @@ async def _probes(request: web.Request) -> web.Response:
     registry.refresh()  # a command may have changed it since the last push
     body = fleet(registry.entries(), request.app[STATE_KEY].probes, request.app[_SEAMS_KEY].clock(), filters, stale_after)
     return _json(encode(body))
+
+
+async def _enroll(request: web.Request) -> web.Response:
+    return await request.app[ENROLL_KEY].handle(request)
 
 
 async def _plan(request: web.Request) -> web.Response:
@@ -235,6 +243,7 @@ def make_app(
     app.router.add_get(PROBES_PATH, _probes)
     app.router.add_get(OPENAPI_PATH, _openapi)
     app.router.add_get(PLAN_PATH, _plan)
+    app.router.add_post(ENROLL_PATH, _enroll)
     install_sla(app, config, app[REGISTRY_KEY], clock)  # after the store's ctx: judging needs the open store
     return app
 

@@ -53,7 +53,7 @@ from .config import LimitsConfig
 from .live import LiveState
 from .ratelimit import ProbeLimiter
 from .refused import Refused
-from .registry import ProbeRegistry
+from .registry import Identity, ProbeRegistry
 from .request_body import BadEncoding, BodyTooLarge, read_bounded
 from .store import BatchOutcome, Store, StoreError
 
@@ -143,6 +143,7 @@ class Ingest:
         self._rates = ProbeLimiter(limits.requests_per_second, limits.request_burst,
                                    limits.results_per_second, limits.result_burst)  # fmt: skip
         self._in_flight = 0
+        self._misplaced: set[str] = set()  # enrolled probes whose batches named another place (warned once)
         self._targets: dict[str, set[str]] = {probe: set(names) for probe, names in (known_targets or {}).items()}
         #: called with every batch after its commit (duplicates too), before the probe is answered
         self.after_store: list[AfterStore] = []
@@ -163,7 +164,7 @@ class Ingest:
     async def _admit(self, request: web.Request) -> web.Response:
         """Authenticate, then hold one of the concurrent-push slots while the push is handled."""
         try:
-            probe = authenticate(request, self._registry, self._client_certificates).probe_id
+            identity = authenticate(request, self._registry, self._client_certificates)
         except Refused as refused:
             self._refused(request, refused.status, refused.error, refused.probe)
             raise
@@ -173,11 +174,12 @@ class Ingest:
                           headers={hdrs.RETRY_AFTER: "1"})  # fmt: skip
         self._in_flight += 1
         try:
-            return await self._handle(request, probe)
+            return await self._handle(request, identity)
         finally:
             self._in_flight -= 1
 
-    async def _handle(self, request: web.Request, probe: str) -> web.Response:
+    async def _handle(self, request: web.Request, identity: Identity) -> web.Response:
+        probe = identity.probe_id
         if wait := self._rates.request(probe, self._monotonic()):
             raise _too_many(f"probe {probe!r} pushes faster than limits.requests_per_second", wait)
         try:
@@ -192,6 +194,7 @@ class Ingest:
             self._state.count_batch("rejected", len(batch.results))
             self._refused(request, refused.status, refused.error, probe, refused.field)
             raise
+        batch = self._placed(batch, identity)
         if (too_many_targets := self._cardinality(batch)) is not None:
             self._refused(request, 422, too_many_targets.error, probe, too_many_targets.field)
             raise too_many_targets
@@ -247,6 +250,16 @@ class Ingest:
             if not EARLIEST_START_NS <= result.start_ns <= latest_start:
                 when = "before 2020" if result.start_ns < EARLIEST_START_NS else "over a day ahead of the collector's clock"
                 raise Refused(422, f"a start {when}: check the probe's clock (NTP)", f"$.results[{index}].start_ns")
+
+    def _placed(self, batch: Batch, identity: Identity) -> Batch:
+        """An enrolled probe is where the registry says: its city and ISP, not what its config claims."""
+        if not identity.city or (batch.city, batch.isp) == (identity.city, identity.isp):
+            return batch
+        if identity.probe_id not in self._misplaced:
+            self._misplaced.add(identity.probe_id)
+            log.warning(kv("batch_place_corrected", probe=identity.probe_id, said=f"{batch.city}/{batch.isp}",
+                           registry=f"{identity.city}/{identity.isp}", effect="stored as the registry says"))  # fmt: skip
+        return msgspec.structs.replace(batch, city=identity.city, isp=identity.isp or batch.isp)
 
     def _cardinality(self, batch: Batch) -> Refused | None:
         """A 422 when the batch would take its probe past limits.max_targets_per_probe, else None.

@@ -20,7 +20,7 @@ from qiancheng.core.errors import ConfigError
 from qiancheng.core.logs import kv
 
 from . import __version__
-from .admin import add_probes_commands, run_probes_command
+from .admin import add_enroll_command, add_probes_commands, run_enroll_command, run_probes_command
 from .app import make_app, make_internal_app
 from .config import CollectorConfig, TlsConfig, load_collector_config
 from .registry import RegistryError, hash_token
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qiancheng-collector",
         description="Receive probe result batches, store them durably (SQLite or InfluxDB), expose Prometheus metrics.",
-        epilog="Add a probe: put `qiancheng-collector hash-token TOKEN` under probes[].token_sha256 in the config; "
+        epilog="Add a probe: `qiancheng-collector --config FILE enroll --city C --isp I` prints a one-time code for "
+        "`qiancheng-probe enroll` on the box (or put `hash-token TOKEN` under probes[].token_sha256 in the config); "
         "`qiancheng-collector --config FILE probes list` shows the registry.",
     )
     parser.add_argument("--version", action="version", version=f"qiancheng {__version__}")
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     hashing.add_argument("token", nargs="?", metavar="TOKEN")
     add_probes_commands(commands)
+    add_enroll_command(commands)
     return parser
 
 
@@ -160,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "probes":
         return run_probes_command(args, config)
+    if args.command == "enroll":
+        return run_enroll_command(args, config)
     if args.check:
         plan = f", plan {config.plan.file}" if config.plan is not None else ", no plan"
         print(f"{args.config}: ok: listen {config.listen.host}:{config.listen.port}, "

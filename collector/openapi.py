@@ -6,6 +6,7 @@ from typing import Any, Final
 
 import msgspec
 
+from qiancheng.core.enrollment import ENROLL_PATH, Enrolled, EnrollRequest
 from qiancheng.core.plan_wire import PLAN_PATH, Plan
 from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, RESULTS_PATH, Batch
 
@@ -128,10 +129,34 @@ def _plan_get(schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _enroll_post(request: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "operationId": "postEnroll",
+        "summary": "Trade a one-time enrollment code for a probe id and token (qiancheng-probe enroll)",
+        "description": (
+            "The code comes from `qiancheng-collector enroll`; it works once and until it expires. The answer "
+            "carries the new probe's token, shown this once (the collector keeps its hash). Each client address "
+            "may try 10 times, then once every 6 s. With mutual TLS the client certificate must name the probe."
+        ),
+        "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+        "responses": {
+            "200": {"description": "Enrolled.", "content": {"application/json": {"schema": answer}}},
+            "400": _error("The body is not JSON."),
+            "403": _error("No such code, or (mutual TLS) a certificate naming another probe."),
+            "409": _error("The code was used already, or its probe id was registered since."),
+            "410": _error("The code expired."),
+            "413": _error("A body over 4 KiB."),
+            "422": _error("JSON that is not {\"code\": \"...\"}."),
+            "429": _error("Too many attempts from this address.", {"Retry-After": {"schema": {"type": "integer"}}}),
+        },
+    }
+
+
 def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
     """The OpenAPI 3.1 document (a JSON-ready dict) for this collector's limits."""
-    (batch, ack, _, health, latest, sla, probes, plan), components = msgspec.json.schema_components(
-        (Batch, Ack, ErrorBody, Health, LatestResponse, SlaResponse, ProbesResponse, Plan), ref_template=_REF
+    (batch, ack, _, health, latest, sla, probes, plan, enroll, enrolled), components = msgspec.json.schema_components(
+        (Batch, Ack, ErrorBody, Health, LatestResponse, SlaResponse, ProbesResponse, Plan, EnrollRequest, Enrolled),
+        ref_template=_REF,
     )
     results_post = {
         "operationId": "postResults",
@@ -207,6 +232,7 @@ def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
                 }
             },
             PLAN_PATH: {"get": _plan_get(plan)},
+            ENROLL_PATH: {"post": _enroll_post(enroll, enrolled)},
             PROBES_PATH: {"get": _probes_get(probes)},
             SLA_PATH: {"get": _sla_get(sla)},
             HEALTH_PATH: {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,11 +29,15 @@ from qiancheng.core.logs import kv
 
 from .config import CollectorConfig, ProbeEntry
 from .records import RegistryEntry
-from .store.registry_file import RegistryError, RegistryFile
+from .store.registry_file import CodeRefused, RegistryError, RegistryFile
 
-__all__ = ["hash_token", "new_token", "ProbeRegistry", "RegistryError", "Identity", "open_registry"]
+__all__ = ["hash_token", "new_token", "new_code", "hash_code", "default_probe_id", "ProbeRegistry", "RegistryError",
+           "CodeRefused", "Identity", "open_registry"]
 
 log = logging.getLogger("qiancheng.collector.registry")
+
+#: letters and digits that cannot be misread for one another
+_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 
 
 def hash_token(token: str) -> str:
@@ -133,6 +138,26 @@ class ProbeRegistry:
         self.file.revoke(probe_id, self._clock())
         self.refresh(force=True)
 
+    def add_code(self, probe_id: str, city: str, isp: str, ttl_ns: int) -> str:
+        """A one-time code that enrolls a box as `probe_id` in `city` on `isp`, valid for `ttl_ns`; returned
+        (kept only as its hash)."""
+        code = new_code()
+        now = self._clock()
+        self.file.add_code(hash_code(code), probe_id, city, isp, now, now + ttl_ns)
+        return code
+
+    def code_probe(self, code: str) -> str | None:
+        """The probe id `code` was made for, or None for a code never made."""
+        return self.file.code_probe(hash_code(code))
+
+    def enroll(self, code: str) -> tuple[RegistryEntry, str]:
+        """Spend `code`: its probe is registered with a fresh token, returned with the entry (the token is
+        kept only as its hash). Raises CodeRefused or RegistryError."""
+        token = new_token()
+        entry = self.file.redeem(hash_code(code), hash_token(token), self._clock())
+        self.refresh(force=True)
+        return entry, token
+
     def rotate(self, probe_id: str, grace_ns: int) -> str:
         """A new token for an enrolled probe, returned (kept only as its hash); the old one is still
         accepted for `grace_ns`, while the new one is put on the probe."""
@@ -141,6 +166,25 @@ class ProbeRegistry:
         self.file.rotate(probe_id, hash_token(token), now + grace_ns, now)
         self.refresh(force=True)
         return token
+
+
+def new_code() -> str:
+    """A fresh enrollment code: 100 random bits as 20 letters and digits (no 0/O, 1/I/L), in groups of 4,
+    easy to read out and type on a city box's console."""
+    return "-".join("".join(secrets.choice(_CODE_ALPHABET) for _ in range(4)) for _ in range(5))
+
+
+def hash_code(code: str) -> str:
+    """The SHA-256 of a code as typed (case, dashes and spaces do not matter)."""
+    return hashlib.sha256(re.sub(r"[\s-]", "", code).upper().encode("utf-8")).hexdigest()
+
+
+def default_probe_id(city: str, isp: str) -> str | None:
+    """`city-isp-xxxx` from ASCII city and ISP names, or None when they give no usable id."""
+    parts = [re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") for text in (city, isp)]
+    if not all(parts):
+        return None
+    return f"{parts[0][:48]}-{parts[1][:48]}-{secrets.token_hex(2)}"
 
 
 def open_registry(config: CollectorConfig, clock: Callable[[], int] = wall_ns, quiet: bool = False) -> ProbeRegistry:

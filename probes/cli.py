@@ -1,4 +1,4 @@
-"""`qiancheng-probe`: run the agent, measure once, or check a config."""
+"""`qiancheng-probe`: run the agent, measure once, check a config, or enroll this box."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from qiancheng.core.kinds import EXCLUSIVE_KINDS, KINDS, kind_named
 from qiancheng.core.result import Result, Target
 
 from . import measure
+from .enroll import add_enroll_command, run_enroll
 from .measure.progress import progress_callback
 from .render import ProgressBar, results_table
 
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a probe config and list its jobs, then exit")
     check.add_argument("--config", required=True, help="probe config (YAML)")
+
+    add_enroll_command(commands)
 
     once = commands.add_parser(
         "once",
@@ -144,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "once":
         return _once(args)
+    if args.command == "enroll":
+        return run_enroll(args)
     try:
         config = _load(args.config)
     except ConfigError as error:

@@ -18,9 +18,13 @@ from qiancheng.core.errors import QianchengError
 
 from ..records import RegistryEntry
 
-__all__ = ["RegistryError", "RegistryFile"]
+__all__ = ["RegistryError", "CodeRefused", "RegistryFile"]
 
 T = TypeVar("T")
+
+#: used and expired codes are kept this long after they expire (so that a reuse is told "used", not
+#: "unknown"), then deleted when the next code is made
+_KEEP_USED_NS = 30 * 86400 * 10**9
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS probes (
@@ -35,12 +39,31 @@ CREATE TABLE IF NOT EXISTS probes (
     created_ns INTEGER NOT NULL,
     changed_ns INTEGER NOT NULL
 );
+-- one-time enrollment codes (`qiancheng-collector enroll`): only the code's SHA-256 is kept
+CREATE TABLE IF NOT EXISTS enrollment_codes (
+    code_sha256 TEXT PRIMARY KEY,
+    probe_id TEXT NOT NULL,
+    city TEXT NOT NULL,
+    isp TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    expires_ns INTEGER NOT NULL,
+    used_ns INTEGER                  -- NULL: not used yet
+);
 """
 _COLUMNS = "id, city, isp, source, state, token_sha256, previous_token_sha256, previous_expires_ns, created_ns, changed_ns"
 
 
 class RegistryError(QianchengError, ValueError):
     """A registry that cannot be opened, or a command that cannot be done (no such probe, ...)."""
+
+
+class CodeRefused(RegistryError):
+    """An enrollment code that cannot be used: `unknown`, `used` (at `when_ns`) or `expired` (at `when_ns`)."""
+
+    def __init__(self, why: str, when_ns: int) -> None:
+        super().__init__(why)
+        self.why = why
+        self.when_ns = when_ns
 
 
 class RegistryFile:
@@ -137,6 +160,52 @@ class RegistryFile:
                        "changed_ns = ? WHERE id = ?", (token_hash, current, old_expires_ns, now_ns, probe_id))
 
         self._write(work)
+
+    def add_code(self, code_hash: str, probe_id: str, city: str, isp: str, now_ns: int, expires_ns: int) -> None:
+        """A new enrollment code for `probe_id`: refused if that id is taken by a probe that is not a
+        revoked enrolled one (whose box is being replaced); earlier unused codes for it stop working."""
+        def work(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT source, state FROM probes WHERE id = ?", (probe_id,)).fetchone()
+            if row is not None:
+                source, state = row
+                if source == "config":
+                    raise RegistryError(f"probe {probe_id!r} is in the config's probes: list: pick another id")
+                if state == "active":
+                    raise RegistryError(f"probe {probe_id!r} is enrolled and active: revoke it first to enroll a new box as it")
+            db.execute("DELETE FROM enrollment_codes WHERE probe_id = ? AND used_ns IS NULL", (probe_id,))
+            db.execute("DELETE FROM enrollment_codes WHERE expires_ns < ?", (now_ns - _KEEP_USED_NS,))
+            db.execute("INSERT INTO enrollment_codes (code_sha256, probe_id, city, isp, created_ns, expires_ns) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (code_hash, probe_id, city, isp, now_ns, expires_ns))
+
+        self._write(work)
+
+    def code_probe(self, code_hash: str) -> str | None:
+        """The probe id a code was made for (used or not), or None."""
+        row = self._db.execute("SELECT probe_id FROM enrollment_codes WHERE code_sha256 = ?", (code_hash,)).fetchone()
+        return str(row[0]) if row is not None else None
+
+    def redeem(self, code_hash: str, token_hash: str, now_ns: int) -> RegistryEntry:
+        """Use a code: the probe it names is registered (or, revoked, re-enrolled) with `token_hash`, and
+        the code is spent, in one transaction. Raises CodeRefused (unknown, used, expired) or RegistryError."""
+        def work(db: sqlite3.Connection) -> RegistryEntry:
+            row = db.execute("SELECT probe_id, city, isp, expires_ns, used_ns FROM enrollment_codes WHERE code_sha256 = ?",
+                             (code_hash,)).fetchone()  # fmt: skip
+            if row is None:
+                raise CodeRefused("unknown", 0)
+            probe_id, city, isp, expires_ns, used_ns = row
+            if used_ns is not None:
+                raise CodeRefused("used", used_ns)
+            if expires_ns <= now_ns:
+                raise CodeRefused("expired", expires_ns)
+            existing = db.execute("SELECT source, state FROM probes WHERE id = ?", (probe_id,)).fetchone()
+            if existing is not None and existing != ("enrolled", "revoked"):
+                raise RegistryError(f"probe {probe_id!r} was registered since the code was made")
+            db.execute("UPDATE enrollment_codes SET used_ns = ? WHERE code_sha256 = ?", (now_ns, code_hash))
+            db.execute(f"INSERT OR REPLACE INTO probes ({_COLUMNS}) VALUES (?, ?, ?, 'enrolled', 'active', ?, NULL, NULL, ?, ?)",
+                       (probe_id, city, isp, token_hash, now_ns, now_ns))  # fmt: skip
+            return RegistryEntry(probe_id, city, isp, "enrolled", "active", token_hash, None, None, now_ns, now_ns)
+
+        return self._write(work)
 
     def add_enrolled(self, entry: RegistryEntry) -> None:
         """A probe that enrolled (used by enrollment, and by tests standing in for it)."""

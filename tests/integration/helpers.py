@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import sqlite3
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -200,3 +201,17 @@ def ingest_answers(metrics: str, code: int) -> float:
     """How many pushes the collector answered with `code`, from its /metrics text."""
     match = re.search(rf'^qiancheng_ingest_requests_total\{{code="{code}"\}} (\S+)$', metrics, re.M)
     return float(match[1]) if match else 0.0
+
+
+def tls_files(directory: Path) -> tuple[str, str, ssl.SSLContext]:
+    """A collector's `listen.tls` YAML from a fresh CA (trustme) with a certificate for 127.0.0.1, the CA
+    file a probe trusts, and a client context for the test's own requests."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = directory / "server.crt", directory / "server.key", directory / "ca.pem"
+    cert_file.write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return f"{{cert_file: '{cert_file}', key_file: '{key_file}'}}", str(ca_file), ssl.create_default_context(cafile=str(ca_file))

@@ -410,7 +410,7 @@ async def test_healthz_and_openapi_describe_the_service(shared: RunningCollector
     assert health.status == 200 and health.body["status"] == "ok" and health.body["store_ok"] is True
     document = (await get(session, shared.url + "/api/v1/openapi.json")).body
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) == {"/api/v1/results", "/api/v1/latest", "/api/v1/plan", "/api/v1/probes", "/api/v1/sla", "/healthz", "/metrics",
+    assert set(document["paths"]) == {"/api/v1/results", "/api/v1/latest", "/api/v1/plan", "/api/v1/enroll", "/api/v1/probes", "/api/v1/sla", "/healthz", "/metrics",
                                       "/api/v1/openapi.json"}
     post_op = document["paths"]["/api/v1/results"]["post"]
     assert {"200", "400", "401", "403", "413", "415", "422", "503"} <= set(post_op["responses"])

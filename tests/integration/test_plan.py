@@ -21,10 +21,8 @@ from contextlib import closing
 from email.message import Message
 from pathlib import Path
 
-import trustme
-
 from tests.conftest import PYTHON, Processes
-from tests.integration.helpers import Collector, Responder, spool_counters, wait_for
+from tests.integration.helpers import Collector, Responder, spool_counters, tls_files, wait_for
 
 TOKENS = {"p1": "token-plan-probe-one-0123456789", "p2": "token-plan-probe-two-0123456789"}
 
@@ -128,17 +126,6 @@ def test_a_collector_without_a_plan_says_so_to_probes_only(processes: Processes,
     assert status == 404 and "no plan" in str(body)
 
 
-def _tls(tmp_path: Path) -> tuple[str, str, ssl.SSLContext]:
-    """The collector's listen.tls YAML, the CA file the probe trusts, and a context for the test's requests."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file, ca_file = tmp_path / "server.crt", tmp_path / "server.key", tmp_path / "ca.pem"
-    cert_file.write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
-    return f"{{cert_file: '{cert_file}', key_file: '{key_file}'}}", str(ca_file), ssl.create_default_context(cafile=str(ca_file))
-
-
 def _probe(processes: Processes, tmp_path: Path, collector: Collector, ca_file: str,
            name: str = "p1") -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
     """A probe with no targets of its own: everything it measures comes from the plan; and where it
@@ -163,7 +150,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def test_a_running_probe_follows_a_changed_plan_over_tls_and_loses_nothing(processes: Processes, tmp_path: Path) -> None:
     responder = Responder(processes)
     responder.start()
-    tls, ca_file, context = _tls(tmp_path)
+    tls, ca_file, context = tls_files(tmp_path)
     collector = _collector(processes, tmp_path, PLAN_V1.format(echo=responder.echo_port), tls=tls)
     v1 = _get_plan(collector, TOKENS["p1"], context=context)[2]["version"]  # type: ignore[index]
     probe, saved = _probe(processes, tmp_path, collector, ca_file)
@@ -193,7 +180,7 @@ def test_a_running_probe_follows_a_changed_plan_over_tls_and_loses_nothing(proce
 def test_through_a_collector_outage_the_probe_measures_its_saved_plan(processes: Processes, tmp_path: Path) -> None:
     responder = Responder(processes)
     responder.start()
-    tls, ca_file, context = _tls(tmp_path)
+    tls, ca_file, context = tls_files(tmp_path)
     collector = _collector(processes, tmp_path, PLAN_V1.format(echo=responder.echo_port), tls=tls)
     v1 = _get_plan(collector, TOKENS["p1"], context=context)[2]["version"]  # type: ignore[index]
     probe, saved = _probe(processes, tmp_path, collector, ca_file)

@@ -134,3 +134,59 @@ def test_a_probe_both_enrolled_and_in_the_config_is_refused(registry: ProbeRegis
 def test_a_registry_in_a_missing_directory_says_so(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="does not exist"):
         ProbeRegistry(str(tmp_path / "absent" / "registry.db"))
+
+
+# -- enrollment codes -------------------------------------------------------------------------------------
+
+
+def test_a_code_enrolls_its_probe_once_and_only_until_it_expires(tmp_path: Path) -> None:
+    from qiancheng.collector.registry import CodeRefused
+
+    clock = Clock()
+    registry = ProbeRegistry(str(tmp_path / "registry.db"), clock)
+    try:
+        code = registry.add_code("lishui-ct-01", "lishui", "chinatelecom", 3600 * 10**9)
+        assert registry.code_probe(code.lower().replace("-", " ")) == "lishui-ct-01"  # as typed
+        assert code not in (tmp_path / "registry.db").read_bytes().decode("latin-1")  # only its hash is kept
+        entry_made, token = registry.enroll(code)
+        assert (entry_made.id, entry_made.city, entry_made.isp, entry_made.source) == ("lishui-ct-01", "lishui", "chinatelecom", "enrolled")
+        assert registry.identify(f"Bearer {token}") == Identity("lishui-ct-01", "lishui", "chinatelecom", False)
+        clock.now += 10**9
+        with pytest.raises(CodeRefused) as used:
+            registry.enroll(code)
+        assert (used.value.why, used.value.when_ns) == ("used", NOW)
+        with pytest.raises(CodeRefused, match="unknown"):
+            registry.enroll("AAAA-BBBB-CCCC-DDDD-EEEE")
+        late = registry.add_code("quzhou-cm-01", "quzhou", "chinamobile", 60 * 10**9)
+        clock.now += 61 * 10**9
+        with pytest.raises(CodeRefused) as expired:
+            registry.enroll(late)
+        assert expired.value.why == "expired"
+        assert registry.identify(f"Bearer {token}") is not None and registry.entry("quzhou-cm-01") is None
+    finally:
+        registry.close()
+
+
+def test_a_code_for_a_taken_id_is_refused_unless_the_probe_was_revoked(registry: ProbeRegistry) -> None:
+    registry.import_config([entry("config-01", "config-token-0123456789")])
+    with pytest.raises(RegistryError, match="in the config's probes: list"):
+        registry.add_code("config-01", "lishui", "chinatelecom", 10**12)
+    first, old_token = registry.enroll(registry.add_code("box-01", "lishui", "chinatelecom", 10**12))
+    with pytest.raises(RegistryError, match="enrolled and active: revoke it first"):
+        registry.add_code("box-01", "lishui", "chinatelecom", 10**12)
+    registry.revoke("box-01")
+    stale = registry.add_code("box-01", "lishui", "chinatelecom", 10**12)
+    fresh = registry.add_code("box-01", "lishui", "chinaunicom", 10**12)  # replaces the unused one before it
+    with pytest.raises(RegistryError, match="unknown"):
+        registry.enroll(stale)
+    again, new_token = registry.enroll(fresh)
+    assert (again.state, again.isp) == ("active", "chinaunicom") and new_token != old_token
+    assert registry.identify(f"Bearer {old_token}") is None
+
+
+def test_a_default_id_comes_from_ascii_city_and_isp_names() -> None:
+    from qiancheng.collector.registry import default_probe_id
+
+    made = default_probe_id("Lishui", "China Telecom")
+    assert made is not None and made.startswith("lishui-china-telecom-") and len(made) == len("lishui-china-telecom-") + 4
+    assert default_probe_id("丽水", "电信") is None
