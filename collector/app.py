@@ -29,6 +29,7 @@ from .ingest import INGEST_KEY, Ingest
 from .live import LiveState
 from .metrics import build_registry, new_live_state
 from .openapi import HEALTH_PATH, LATEST_PATH, METRICS_PATH, OPENAPI_PATH, PROBES_PATH, openapi_document
+from .plan.freshness import PlanFreshness
 from .plan.service import PlanService
 from .refused import Refused
 from .registry import ProbeRegistry, open_registry
@@ -56,6 +57,7 @@ STATE_KEY = web.AppKey("state", LiveState)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 PROBES_KEY = web.AppKey("probe_registry", ProbeRegistry)
 PLAN_KEY = web.AppKey("plan", PlanService)
+FRESHNESS_KEY = web.AppKey("plan_freshness", PlanFreshness)
 ENROLL_KEY = web.AppKey("enroll", Enrollment)
 _OPENAPI_KEY = web.AppKey("openapi", bytes)
 _STARTED_KEY = web.AppKey("started", float)
@@ -122,6 +124,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[ENROLL_KEY] = Enrollment(probes, mutual_tls)
         if config.plan is not None:
             app[PLAN_KEY] = PlanService(config.plan.file, config.limits.max_targets_per_probe, probes, mutual_tls)
+            app[FRESHNESS_KEY].expected = app[PLAN_KEY].version_for
         app[INGEST_KEY] = Ingest(probes, store, app[STATE_KEY], config.limits, seams.clock,
                                  client_certificates=mutual_tls, known_targets=known_targets)  # fmt: skip
         log.info(kv("store_opened", backend=store.backend, path=config.store.location,
@@ -176,7 +179,8 @@ async def _probes(request: web.Request) -> web.Response:
         return _json(encode(ErrorBody(error=error.reason, field=error.field)), 400)
     registry = request.app[PROBES_KEY]
     registry.refresh()  # a command may have changed it since the last push
-    body = fleet(registry.entries(), request.app[STATE_KEY].probes, request.app[_SEAMS_KEY].clock(), filters, stale_after)
+    body = fleet(registry.entries(), request.app[STATE_KEY].probes, request.app[_SEAMS_KEY].clock(), filters, stale_after,
+                 request.app[FRESHNESS_KEY])  # fmt: skip
     return _json(encode(body))
 
 
@@ -230,7 +234,8 @@ def make_app(
     app[CONFIG_KEY] = config
     state = new_live_state(float(config.metrics.series_ttl))
     app[STATE_KEY] = state
-    app[REGISTRY_KEY] = build_registry(state, clock)
+    app[FRESHNESS_KEY] = PlanFreshness()
+    app[REGISTRY_KEY] = build_registry(state, clock, freshness=app[FRESHNESS_KEY])
     app[_SEAMS_KEY] = _Seams(store_opener=store_opener, clock=clock)
     app[_STARTED_KEY] = time.monotonic()
     app[_OPENAPI_KEY] = json.dumps(openapi_document(__version__, int(config.limits.max_body_bytes))).encode()

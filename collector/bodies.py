@@ -65,6 +65,14 @@ class FleetProbe(msgspec.Struct, frozen=True):
     spool_backlog: float | None
     spool_dropped_total: float | None
     labels: dict[str, str]
+    #: its software version and the version of the central plan it runs, as its latest batch said
+    version: str | None = None
+    plan: str | None = None
+    #: 0: it runs the plan this collector would give it now; else seconds since it was seen on another
+    plan_outdated_seconds: float | None = None
+    #: how long its agent has run, and whether its box's clock is synchronised, as its latest batch said
+    uptime_seconds: float | None = None
+    clock_synced: bool | None = None
 
 
 class ProbesResponse(msgspec.Struct, frozen=True):

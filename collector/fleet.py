@@ -4,6 +4,8 @@ heard from, and a state a NOC can filter on.
 States: `revoked` (the registry refuses it), `never` (registered, no batch received yet), `stale` (its
 latest batch is older than `stale_after`, default 5 minutes: the box is down, cut off, or its clock is
 wrong), `ok`. City and ISP are the registry's for an enrolled probe, else what its latest batch said.
+Beside them, its health as its latest batch said it: software and plan version, how long the plan has
+been outdated (collector/plan/freshness.py), spool backlog and drops, uptime, clock synchronisation.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import Literal, TypeAlias
 
 from .bodies import FleetProbe, ProbesResponse
 from .live import ProbeLive
+from .plan.freshness import PlanFreshness
 from .records import RegistryEntry
 
 __all__ = ["FLEET_FILTERS", "STATES", "DEFAULT_STALE_AFTER_SECONDS", "fleet", "FleetQueryError", "parse_query"]
 
-FLEET_FILTERS = ("city", "isp", "state", "stale_after")
+FLEET_FILTERS = ("city", "isp", "state", "version", "stale_after")
 State: TypeAlias = Literal["ok", "stale", "never", "revoked"]
 STATES: tuple[State, ...] = ("ok", "stale", "never", "revoked")
 DEFAULT_STALE_AFTER_SECONDS = 300.0
@@ -38,7 +41,7 @@ def parse_query(query: Mapping[str, str]) -> tuple[dict[str, str], float]:
     unknown = sorted(set(query) - set(FLEET_FILTERS))
     if unknown:
         raise FleetQueryError(unknown[0], f"unknown query parameter {unknown[0]!r} (filters: {', '.join(FLEET_FILTERS)})")
-    filters = {name: query[name] for name in ("city", "isp", "state") if query.get(name)}
+    filters = {name: query[name] for name in ("city", "isp", "state", "version") if query.get(name)}
     if "state" in filters and filters["state"] not in STATES:
         raise FleetQueryError("state", f"state is one of {', '.join(STATES)}, got {filters['state'][:40]!r}")
     stale_after = DEFAULT_STALE_AFTER_SECONDS
@@ -61,12 +64,15 @@ def _state(entry: RegistryEntry, live: ProbeLive | None, horizon_ns: int) -> Sta
 
 
 def fleet(entries: Iterable[RegistryEntry], live: Mapping[str, ProbeLive], now_ns: int,
-          filters: Mapping[str, str], stale_after_seconds: float) -> ProbesResponse:
+          filters: Mapping[str, str], stale_after_seconds: float, freshness: PlanFreshness | None = None) -> ProbesResponse:
     """The listing of the registered probes that match `filters`, by id, with a count per state."""
     horizon_ns = now_ns - round(stale_after_seconds * 1e9)
     listed: list[FleetProbe] = []
     for entry in sorted(entries, key=lambda e: e.id):
         seen = live.get(entry.id)
+        stats = seen.stats if seen is not None else {}
+        synced = stats.get("clock_synced")
+        outdated = freshness.outdated_seconds(entry.id, seen, now_ns) if freshness is not None and seen is not None else None
         probe = FleetProbe(
             id=entry.id,
             city=entry.city or (seen.city if seen is not None else ""),
@@ -74,9 +80,14 @@ def fleet(entries: Iterable[RegistryEntry], live: Mapping[str, ProbeLive], now_n
             source=entry.source,
             state=_state(entry, seen, horizon_ns),
             last_seen_ns=seen.last_seen_ns if seen is not None else None,
-            spool_backlog=seen.stats.get("spool_backlog") if seen is not None else None,
-            spool_dropped_total=seen.stats.get("spool_dropped_total") if seen is not None else None,
+            spool_backlog=stats.get("spool_backlog"),
+            spool_dropped_total=stats.get("spool_dropped_total"),
             labels=dict(seen.labels) if seen is not None else {},
+            version=(seen.version if seen is not None else "") or None,
+            plan=(seen.plan if seen is not None else "") or None,
+            plan_outdated_seconds=outdated,
+            uptime_seconds=stats.get("uptime_seconds"),
+            clock_synced=None if synced is None else synced >= 1.0,
         )
         if all(getattr(probe, name) == value for name, value in filters.items()):
             listed.append(probe)

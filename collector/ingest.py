@@ -55,6 +55,7 @@ from .ratelimit import ProbeLimiter
 from .refused import Refused
 from .registry import Identity, ProbeRegistry
 from .request_body import BadEncoding, BodyTooLarge, read_bounded
+from .software import probe_software
 from .store import BatchOutcome, Store, StoreError
 
 __all__ = ["Refused", "refusal_for_decode_error", "Ingest", "INGEST_KEY", "AfterStore", "RETRY_AFTER_SECONDS"]
@@ -190,6 +191,7 @@ class Ingest:
             raise
         try:
             self._check_batch(batch, probe)
+            software = probe_software(request.headers)
         except Refused as refused:
             self._state.count_batch("rejected", len(batch.results))
             self._refused(request, refused.status, refused.error, probe, refused.field)
@@ -205,7 +207,7 @@ class Ingest:
         try:
             # shielded: once the commit is under way, a client that hangs up or a server stopping must
             # not cut the bookkeeping after it, or /metrics would disagree with the store
-            outcome = await asyncio.shield(self._commit(batch, received_ns))
+            outcome = await asyncio.shield(self._commit(batch, received_ns, software))
         except StoreError as error:
             log.error(kv("store_failed", probe=probe, batch=batch.batch_id, error=error))
             raise Refused(
@@ -288,7 +290,8 @@ class Ingest:
         return Refused(422, f"probe {batch.probe_id!r} would report {names} targets, more than "
                             f"limits.max_targets_per_probe ({limit})", f"$.results[{beyond[0]}].target.name")  # fmt: skip
 
-    async def _commit(self, batch: Batch, received_ns: int) -> BatchOutcome:
+    async def _commit(self, batch: Batch, received_ns: int, software: tuple[str, str]) -> BatchOutcome:
+        """Store the batch, then account it; `software`: the probe's (version, plan version)."""
         started = time.perf_counter()
         outcome = await self._store.store_batch(batch, received_ns)
         state = self._state
@@ -298,7 +301,7 @@ class Ingest:
             await after_store(batch, received_ns)
         if batch.probe_id not in state.probes:
             log.info(kv("probe_seen", probe=batch.probe_id, city=batch.city, isp=batch.isp))
-        state.saw_probe(batch.probe_id, batch.city, batch.isp, batch.labels, batch.stats, received_ns)
+        state.saw_probe(batch.probe_id, batch.city, batch.isp, batch.labels, batch.stats, received_ns, *software)
         total = len(batch.results)
         if outcome.duplicate:
             state.count_batch("duplicate", total)

@@ -110,6 +110,10 @@ class ProbeLive:
     labels: dict[str, str]
     stats: dict[str, float]
     last_seen_ns: int
+    #: its software version (User-Agent) and the version of the central plan it runs (Qiancheng-Plan
+    #: header), from its latest batch; "" when not said (and after a collector restart, until it pushes)
+    version: str = ""
+    plan: str = ""
 
 
 @dataclass(slots=True)
@@ -186,10 +190,12 @@ class LiveState:
                 series.rtt.observe_many(result.samples)
 
     def saw_probe(
-        self, probe: str, city: str, isp: str, labels: dict[str, str], stats: dict[str, float], now_ns: int
+        self, probe: str, city: str, isp: str, labels: dict[str, str], stats: dict[str, float], now_ns: int,
+        version: str = "", plan: str = "",
     ) -> None:
         """Record that an authenticated, valid batch arrived from `probe` (stored or duplicate)."""
-        self.probes[probe] = ProbeLive(city=city, isp=isp, labels=dict(labels), stats=dict(stats), last_seen_ns=now_ns)
+        self.probes[probe] = ProbeLive(city=city, isp=isp, labels=dict(labels), stats=dict(stats), last_seen_ns=now_ns,
+                                       version=version, plan=plan)  # fmt: skip
 
     def restore(self, latest: Iterable[StoredResult], probes: Iterable[ProbeRecord], allowed: Collection[str]) -> None:
         """Rebuild latest results and probe liveness from the store (probes no longer configured are left out)."""

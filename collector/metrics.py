@@ -23,6 +23,7 @@ from qiancheng.core.clock import wall_ns
 from qiancheng.core.kinds import kinds_with
 
 from .live import LABELS, PROBE_LABELS, Histogram, LiveState, Series
+from .plan.freshness import PlanFreshness
 
 __all__ = [
     "RTT_BUCKETS",
@@ -149,6 +150,11 @@ PROBE_STATS: Final = (
     ("qiancheng_probe_spool_dropped_total", "spool_dropped_total", True),
     ("qiancheng_probe_spool_rejected_total", "spool_rejected_total", True),
     ("qiancheng_probe_measured_total", "measured_total", True),
+    ("qiancheng_probe_uptime_seconds", "uptime_seconds", False),
+    ("qiancheng_probe_load1", "load1", False),
+    ("qiancheng_probe_cpus", "cpus", False),
+    ("qiancheng_probe_clock_synced", "clock_synced", False),
+    ("qiancheng_probe_clock_maxerror_seconds", "clock_maxerror_seconds", False),
 )
 
 HELP: Final = {
@@ -193,7 +199,13 @@ HELP: Final = {
     "qiancheng_probe_spool_rejected_total": "Results the probe quarantined because the collector refused them (400/422), as the probe reports it.",
     "qiancheng_probe_spool_dropped_total": "Results the probe's full spool dropped (oldest first), as the probe reports it.",
     "qiancheng_probe_measured_total": "Tests the probe has measured, as the probe reports it.",
-    "qiancheng_probe_info": "Constant 1, labelled with the probe's free labels from its latest batch.",
+    "qiancheng_probe_uptime_seconds": "How long the probe's agent has been running, seconds, as its latest batch said.",
+    "qiancheng_probe_load1": "The probe box's 1-minute load average, as its latest batch said.",
+    "qiancheng_probe_cpus": "CPUs the probe may run on, as its latest batch said (compare load1 with it).",
+    "qiancheng_probe_clock_synced": "1 if the probe box's kernel clock is synchronised (an NTP daemon disciplines it), else 0.",
+    "qiancheng_probe_clock_maxerror_seconds": "The probe box's kernel bound on its clock's error, seconds (adjtimex maxerror).",
+    "qiancheng_probe_plan_outdated_seconds": "0 if the probe runs the plan this collector would give it now, else seconds since it was first seen running another.",
+    "qiancheng_probe_info": "Constant 1, labelled with the probe's software version, its plan version and its free labels from its latest batch.",
     "qiancheng_ingest_requests_total": "POST /api/v1/results requests by HTTP status code.",
     "qiancheng_ingest_batches_total": "Batches by outcome: stored, duplicate (batch_id seen before), rejected, rate_limited (429: sent again later).",
     "qiancheng_ingest_results_total": "Results by outcome: stored, duplicate (seq or batch seen before), conflict (seq reused with another start time: not stored), rejected, cardinality (a target past limits.max_targets_per_probe), rate_limited (429: sent again later).",
@@ -201,7 +213,7 @@ HELP: Final = {
     "qiancheng_series": "Per-test series currently shown (probe x target x kind, with city, isp, class).",
 }
 
-_RESERVED_PROBE_LABELS: Final = frozenset(PROBE_LABELS)
+_RESERVED_PROBE_LABELS: Final = frozenset(PROBE_LABELS + ("version", "plan"))
 
 
 def _check_tables() -> None:
@@ -248,9 +260,10 @@ def _histogram_buckets(histogram: Histogram) -> list[tuple[str, float]]:
 class LiveCollector(Collector):
     """A prometheus_client collector over a LiveState; `clock` gives UTC ns (for the series TTL)."""
 
-    def __init__(self, state: LiveState, clock: Callable[[], int] = wall_ns) -> None:
+    def __init__(self, state: LiveState, clock: Callable[[], int] = wall_ns, freshness: PlanFreshness | None = None) -> None:
         self._state = state
         self._clock = clock
+        self._freshness = freshness
 
     def describe(self) -> list[Metric]:
         # families come and go with the data; nothing to check for clashes at registration
@@ -351,11 +364,22 @@ class LiveCollector(Collector):
                 if stat in live.stats:
                     family.add_metric((probe, live.city, live.isp), live.stats[stat])
             yield family
+        if self._freshness is not None:
+            outdated = GaugeMetricFamily("qiancheng_probe_plan_outdated_seconds", HELP["qiancheng_probe_plan_outdated_seconds"],
+                                         labels=PROBE_LABELS)  # fmt: skip
+            now_ns = self._clock()
+            for probe, live in probes:
+                seconds = self._freshness.outdated_seconds(probe, live, now_ns)
+                if seconds is not None:
+                    outdated.add_metric((probe, live.city, live.isp), seconds)
+            yield outdated
         info = GaugeMetricFamily("qiancheng_probe_info", HELP["qiancheng_probe_info"])
         for probe, live in probes:
             extra = {k: v for k, v in sorted(live.labels.items()) if k not in _RESERVED_PROBE_LABELS}
             # free labels differ between probes, so samples are added directly rather than with fixed names
-            info.samples.append(Sample("qiancheng_probe_info", {"probe": probe, "city": live.city, "isp": live.isp, **extra}, 1.0))
+            software = {name: value for name, value in (("version", live.version), ("plan", live.plan)) if value}
+            labels = {"probe": probe, "city": live.city, "isp": live.isp, **software, **extra}
+            info.samples.append(Sample("qiancheng_probe_info", labels, 1.0))
         yield info
 
     def _ingest_families(self) -> Iterator[Metric]:
@@ -382,10 +406,11 @@ class LiveCollector(Collector):
         yield commit
 
 
-def build_registry(state: LiveState, clock: Callable[[], int] = wall_ns, process: bool = True) -> CollectorRegistry:
+def build_registry(state: LiveState, clock: Callable[[], int] = wall_ns, process: bool = True,
+                   freshness: PlanFreshness | None = None) -> CollectorRegistry:  # fmt: skip
     """A fresh registry exposing `state` (and this process's CPU and memory when `process`)."""
     registry = CollectorRegistry()
-    registry.register(LiveCollector(state, clock))
+    registry.register(LiveCollector(state, clock, freshness))
     if process:
         ProcessCollector(registry=registry)
     return registry

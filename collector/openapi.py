@@ -7,8 +7,8 @@ from typing import Any, Final
 import msgspec
 
 from qiancheng.core.enrollment import ENROLL_PATH, Enrolled, EnrollRequest
-from qiancheng.core.plan_wire import PLAN_PATH, Plan
-from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, RESULTS_PATH, Batch
+from qiancheng.core.plan_wire import PLAN_PATH, PLAN_VERSION_PATTERN, Plan
+from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, PLAN_HEADER, RESULTS_PATH, Batch
 
 from .bodies import Ack, ErrorBody, Health, LatestResponse, ProbesResponse, SlaResponse
 from .fleet import DEFAULT_STALE_AFTER_SECONDS, STATES
@@ -83,6 +83,8 @@ def _probes_get(schema: dict[str, Any]) -> dict[str, Any]:
             {"name": "isp", "in": "query", "required": False, "schema": {"type": "string"}, "description": "only this ISP"},
             {"name": "state", "in": "query", "required": False, "schema": {"type": "string", "enum": list(STATES)},
              "description": "only probes in this state"},
+            {"name": "version", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "only probes whose latest batch came from this software version"},
             {"name": "stale_after", "in": "query", "required": False,
              "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 365 * 86400},
              "description": f"seconds without a batch after which a probe is stale (default {DEFAULT_STALE_AFTER_SECONDS:g})"},
@@ -177,7 +179,15 @@ def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
                 "in": "header",
                 "required": False,
                 "schema": {"type": "string", "enum": ["gzip", "identity"]},
-            }
+            },
+            {
+                "name": PLAN_HEADER,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "pattern": PLAN_VERSION_PATTERN},
+                "description": "The version of the central plan the probe runs (as GET /api/v1/plan gave it); "
+                               "its software version is in its User-Agent (`qiancheng-probe/VERSION`).",
+            },
         ],
         "requestBody": {"required": True, "content": {"application/json": {"schema": batch}}},
         "responses": {
@@ -185,7 +195,7 @@ def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
                 "description": "Stored now (`duplicate: false`), or already stored before (`duplicate: true`).",
                 "content": {"application/json": {"schema": ack}},
             },
-            "400": _error("The body is not JSON, or says gzip but does not inflate."),
+            "400": _error(f"The body is not JSON, or says gzip but does not inflate, or {PLAN_HEADER} is no plan version."),
             "401": _error(
                 "No bearer token, or one no probe has.",
                 {"WWW-Authenticate": {"schema": {"type": "string"}}},

@@ -16,9 +16,10 @@ import msgspec
 from .result import NAME_PATTERN
 from .targets import TargetSpec
 
-__all__ = ["PLAN_PATH", "Plan", "plan_version", "encode_plan", "decode_plan"]
+__all__ = ["PLAN_PATH", "PLAN_VERSION_PATTERN", "Plan", "plan_version", "encode_plan", "decode_plan"]
 
 PLAN_PATH: Final = "/api/v1/plan"
+PLAN_VERSION_PATTERN: Final = r"^[0-9a-f]{16}$(?!\n)"
 #: the query parameters a probe identifies itself with, for a probe the registry knows no city of
 PLAN_QUERY: Final = ("city", "isp", "label")
 
@@ -27,7 +28,7 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One probe's plan: its id, the plan's version, and its targets."""
 
     probe_id: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
-    version: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{16}$(?!\n)")]
+    version: Annotated[str, msgspec.Meta(pattern=PLAN_VERSION_PATTERN)]
     targets: list[TargetSpec]
 
 

@@ -8,9 +8,16 @@ import msgspec
 
 from .result import NAME_PATTERN, BadKey, Result
 
-__all__ = ["Batch", "Label", "LABEL_VALUE_PATTERN", "RESULTS_PATH", "MAX_RESULTS_PER_BATCH", "encode_batch", "decode_batch"]
+__all__ = ["Batch", "Label", "LABEL_VALUE_PATTERN", "RESULTS_PATH", "MAX_RESULTS_PER_BATCH", "PLAN_HEADER",
+           "USER_AGENT_PREFIX", "encode_batch", "decode_batch"]
 
 RESULTS_PATH: Final = "/api/v1/results"
+#: Two strings of fleet health ride beside the batch as headers, not in it: a collector older than its
+#: probes refuses unknown batch fields, but ignores headers it does not know. The probe's software
+#: version is in its User-Agent (`qiancheng-probe/0.1.0`); the version of the central plan it runs (16
+#: hex digits, as GET /api/v1/plan gave it) in Qiancheng-Plan. Its numeric health is in `stats`.
+PLAN_HEADER: Final = "Qiancheng-Plan"
+USER_AGENT_PREFIX: Final = "qiancheng-probe/"
 MAX_RESULTS_PER_BATCH: Final = 10_000
 
 #: a label value (city, isp, labels): what Prometheus shows, so bounded in length, and with no control
@@ -29,7 +36,8 @@ class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     city: Label = ""
     isp: Label = ""
     labels: Annotated[dict[LabelName, Label], msgspec.Meta(max_length=16)] = {}
-    # the probe's own accounting at send time: spool_backlog, spool_dropped_total, measured_total, ...
+    # the probe's own accounting at send time (spool_backlog, spool_dropped_total, measured_total, ...) and
+    # its box's health (uptime_seconds, load1, cpus, clock_synced, clock_maxerror_seconds): numbers only
     stats: Annotated[dict[LabelName, Annotated[float, msgspec.Meta(ge=0)]], msgspec.Meta(max_length=32)] = {}
 
 

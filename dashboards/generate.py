@@ -27,6 +27,7 @@ DATASOURCE: Final = {"type": "prometheus", "uid": "${datasource}"}
 SCORECARD_CLASSES: Final = (("edge", "edge"), ("cloud_pool", "cloud pool"), ("cdn", "CDN"), ("national_hub", "national hub"))
 #: a probe that has not pushed for this long counts as silent (seconds); probes push every few seconds
 SILENT_AFTER: Final = 120
+PLAN_OUTDATED_AFTER: Final = 1800  # as the ProbePlanOutdated alert
 
 Json = dict[str, Any]
 
@@ -140,7 +141,7 @@ def _share_at_least(bits: float, by: str, selector: str) -> str:
 
 def fleet() -> Dashboard:
     d = Dashboard("qiancheng-fleet", "qiancheng · Fleet",
-                  "Probes up and silent, spool backlogs and drops, and what the collectors ingest.", ("city", "isp", "probe"))  # fmt: skip
+                  "Probes up and silent, their software, plan and clocks, spool backlogs and drops, and what the collectors ingest.", ("city", "isp", "probe"))  # fmt: skip
     seen = f"time() - qiancheng_probe_last_seen_timestamp_seconds{{{PROBE}}}"
     d.add("stat", "Probes reporting", [_query(f"count({seen} < {SILENT_AFTER}) or vector(0)", instant=True)], width=6, height=5,
           description=f"Probes that pushed within the last {SILENT_AFTER} s.")  # fmt: skip
@@ -162,6 +163,31 @@ def fleet() -> Dashboard:
         _query(f"sum by (probe) (increase(qiancheng_probe_spool_dropped_total{{{PROBE}}}[$__rate_interval]))", "dropped {{probe}}"),
         _query(f"sum by (probe) (increase(qiancheng_probe_spool_rejected_total{{{PROBE}}}[$__rate_interval]))", "refused {{probe}}"),
     ], width=12)  # fmt: skip
+    d.add("stat", "Probes behind the plan > 30 min", [_query(
+        f"count(qiancheng_probe_plan_outdated_seconds{{{PROBE}}} > {PLAN_OUTDATED_AFTER}) or vector(0)", instant=True)],
+          width=6, height=5, defaults={"thresholds": _THRESHOLDS_BREACH, "color": {"mode": "thresholds"}},
+          description="Probes running another version of the central plan than the collector would give them, for "
+                      "longer than the ProbePlanOutdated alert allows; their logs say why.")  # fmt: skip
+    d.add("stat", "Probes with unsynchronised clocks", [_query(
+        f"count(qiancheng_probe_clock_synced{{{PROBE}}} == 0) or vector(0)", instant=True)],
+          width=6, height=5, defaults={"thresholds": _THRESHOLDS_BREACH, "color": {"mode": "thresholds"}},
+          description="Probes whose kernel says no NTP daemon disciplines the clock: their start times and one-way "
+                      "figures may be off.")  # fmt: skip
+    d.add("table", "Probes per software version", [_query(f"count by (version) (qiancheng_probe_info{{{PROBE}}})",
+                                                           instant=True, table=True)], width=6, height=5,
+          transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True},
+                                                          "renameByName": {"Value": "probes"}}}])  # fmt: skip
+    d.add("timeseries", "Clock error bound per probe", [_query(f"qiancheng_probe_clock_maxerror_seconds{{{PROBE}}}", "{{probe}}")],
+          width=6, height=5, unit="s", description="The kernel's bound on each box's clock error (adjtimex maxerror).")  # fmt: skip
+    d.add("table", "Software and plan per probe", [_query(f"qiancheng_probe_info{{{PROBE}}}", instant=True, table=True)],
+          width=12, height=9, description="The software version and the central plan version of each probe's latest batch.",
+          transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True, "__name__": True,
+                                                                            "job": True}}}])  # fmt: skip
+    d.add("timeseries", "Load per CPU", [_query(
+        f"qiancheng_probe_load1{{{PROBE}}} / on (probe, city, isp) qiancheng_probe_cpus{{{PROBE}}}", "{{probe}}")],
+          width=12, height=9, unit="percentunit",
+          description="1-minute load over the CPUs each probe may use: above 1, the box is busier than its CPUs and "
+                      "its own delay enters what it measures.")  # fmt: skip
     d.add("timeseries", "Failing tests per city", [_query(f"sum by (city) (1 - qiancheng_test_success{{{PROBE}}})", "{{city}}")],
           width=12, description="Series whose latest test failed.")  # fmt: skip
     d.add("timeseries", "Ingest: results by outcome", [_query(

@@ -15,8 +15,10 @@ from qiancheng.core.clock import wall_ns
 from qiancheng.core.errors import ConfigError
 from qiancheng.core.logs import kv
 from qiancheng.core.result import Result
+from qiancheng.core.wire import USER_AGENT_PREFIX
 
 from .config import Job, ProbeConfig, load_probe_config
+from .health import HostHealth
 from .plan_client import AppliedPlan, PlanClient, read_saved_plan
 from .scheduler import Scheduler
 from .spool import Spool
@@ -45,6 +47,7 @@ class Agent:
         self._plan_task: asyncio.Task[None] | None = None
         #: results the spool could not take (disk full, I/O error), each logged
         self.spool_failures = 0
+        self._health = HostHealth()
 
     def _open_session(self) -> aiohttp.ClientSession:
         """The one HTTP session to the collector, with its TLS settings (checked when the config loaded)."""
@@ -55,7 +58,7 @@ class Agent:
                            fix="remove collector.insecure_skip_verify; give collector.ca_file if the CA is private"))  # fmt: skip
         context = collector.tls()
         connector = aiohttp.TCPConnector(ssl=context if context is not None else True)
-        return aiohttp.ClientSession(headers={"User-Agent": f"qiancheng-probe/{__version__}"}, connector=connector)
+        return aiohttp.ClientSession(headers={"User-Agent": USER_AGENT_PREFIX + __version__}, connector=connector)
 
     def _make_uploader(self, spool: Spool, session: aiohttp.ClientSession) -> Uploader:
         c = self.config
@@ -73,6 +76,8 @@ class Agent:
             request_timeout=float(c.collector.timeout),
             backoff_base=float(c.collector.backoff_base),
             backoff_cap=float(c.collector.backoff_cap),
+            health=self._health.stats,
+            plan_version=lambda: self._plan.version if self._plan is not None else "",
         )
 
     def jobs(self) -> tuple[Job, ...]:

@@ -27,6 +27,7 @@ import msgspec
 from qiancheng.core import __version__
 from qiancheng.core.enrollment import ENROLL_PATH, Enrolled, EnrollRequest
 from qiancheng.core.errors import ConfigError
+from qiancheng.core.wire import USER_AGENT_PREFIX
 
 from .config import load_probe_config
 from .transport import TlsSettingsError, client_context
@@ -110,7 +111,7 @@ def _check(args: argparse.Namespace) -> object:
 async def _exchange(collector: str, code: str, context: object) -> Enrolled:
     url = collector.rstrip("/") + ENROLL_PATH
     connector = aiohttp.TCPConnector(ssl=context)  # type: ignore[arg-type]
-    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": f"qiancheng-probe/{__version__}"}) as session:
+    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT_PREFIX + __version__}) as session:
         try:
             async with session.post(url, data=msgspec.json.encode(EnrollRequest(code=code.strip())),
                                     headers={"Content-Type": "application/json"}, allow_redirects=False,

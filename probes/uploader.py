@@ -14,7 +14,7 @@ import gzip
 import logging
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timezone
 from typing import Final
@@ -24,7 +24,7 @@ import msgspec
 
 from qiancheng.core.clock import wall_ns
 from qiancheng.core.logs import kv
-from qiancheng.core.wire import RESULTS_PATH, Batch, decode_batch, encode_batch
+from qiancheng.core.wire import PLAN_HEADER, RESULTS_PATH, Batch, decode_batch, encode_batch
 
 from .spool import PendingBatch, Spool, SpoolCounters
 
@@ -125,7 +125,11 @@ class Uploader:
         backoff_cap: float = 60.0,
         retry_after_cap: float = RETRY_AFTER_CAP,
         rng: random.Random | None = None,
+        health: Callable[[], Mapping[str, float]] | None = None,
+        plan_version: Callable[[], str] | None = None,
     ) -> None:
+        """`health`: the box's figures added to every batch's stats; `plan_version`: the plan the probe
+        runs, sent as the Qiancheng-Plan header ("" or None: it runs none)."""
         self._spool = spool
         self._session = session
         self._endpoint = url.rstrip("/") + RESULTS_PATH
@@ -134,6 +138,8 @@ class Uploader:
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
         }
+        self._health = health
+        self._plan_version = plan_version
         self._probe_id = probe_id
         self._city = city
         self._isp = isp
@@ -365,13 +371,19 @@ class Uploader:
             "measured_total": float(counters.measured_total),
             "acked_total": float(counters.acked_total),
         }
+        if self._health is not None:
+            stats.update(self._health())
         wire = Batch(probe_id=self._probe_id, batch_id=batch.batch_id, results=list(batch.results),
                      city=self._city, isp=self._isp, labels=self._labels, stats=stats)
         return gzip.compress(encode_batch(wire), compresslevel=_GZIP_LEVEL)
 
     async def _post(self, body: bytes) -> _Answer:
+        headers = self._headers
+        # a header, not a field of the batch: a collector older than the probe refuses unknown fields
+        if self._plan_version is not None and (plan := self._plan_version()):
+            headers = {**headers, PLAN_HEADER: plan}
         async with self._session.post(
-            self._endpoint, data=body, headers=self._headers, timeout=self._timeout, allow_redirects=False
+            self._endpoint, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
         ) as response:
             # Read the (bounded) body so the connection can be reused and a rejection has its reason.
             chunks: list[bytes] = []

@@ -86,6 +86,14 @@ class PlanService:
             return
         log.info(kv("plan_reloaded", file=self.path, targets=len(self.plan.plan.targets), cities=len(self.plan.plan.cities)))
 
+    def version_for(self, member: Member) -> str | None:
+        """The version of the plan this probe would get now; None when none can be made for it (a 422)."""
+        self.refresh()
+        try:
+            return self.plan.for_member(member).version
+        except PlanError:
+            return None
+
     async def handle(self, request: web.Request) -> web.Response:
         try:
             identity = authenticate(request, self._registry, self._client_certificates)

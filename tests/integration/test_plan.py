@@ -4,12 +4,15 @@ The route answers each probe its own expansion with a version and an ETag (304 w
 strangers, revoked probes and probes the plan cannot be made for, and follows edits of plan.yaml (a
 broken edit leaves the last good plan in force). Over TLS, a running probe with no targets of its own
 picks up a changed plan without a restart, every result says which plan it was measured under, and
-none is lost; through a collector outage it measures the plan it saved on disk.
+none is lost; through a collector outage it measures the plan it saved on disk. The collector shows
+each probe's software and plan version and its box's health, and how long a probe has run a plan other
+than the one it would be given now.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import ssl
@@ -21,6 +24,10 @@ from contextlib import closing
 from email.message import Message
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from qiancheng.core import __version__
+from qiancheng.probes.health import clock_state
 from tests.conftest import PYTHON, Processes
 from tests.integration.helpers import Collector, Responder, spool_counters, tls_files, wait_for
 
@@ -147,12 +154,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     assert process.wait(timeout=15) == 0
 
 
-def test_a_running_probe_follows_a_changed_plan_over_tls_and_loses_nothing(processes: Processes, tmp_path: Path) -> None:
+def _over_tls(processes: Processes, tmp_path: Path) -> tuple[Responder, Collector, str, ssl.SSLContext, str]:
+    """A responder, and a collector over TLS serving PLAN_V1: (responder, collector, CA file, client context,
+    p1's plan version)."""
     responder = Responder(processes)
     responder.start()
     tls, ca_file, context = tls_files(tmp_path)
     collector = _collector(processes, tmp_path, PLAN_V1.format(echo=responder.echo_port), tls=tls)
-    v1 = _get_plan(collector, TOKENS["p1"], context=context)[2]["version"]  # type: ignore[index]
+    version = _get_plan(collector, TOKENS["p1"], context=context)[2]["version"]  # type: ignore[index]
+    return responder, collector, ca_file, context, str(version)
+
+
+def test_a_running_probe_follows_a_changed_plan_over_tls_and_loses_nothing(processes: Processes, tmp_path: Path) -> None:
+    responder, collector, ca_file, context, v1 = _over_tls(processes, tmp_path)
     probe, saved = _probe(processes, tmp_path, collector, ca_file)
     wait_for(lambda: sum(1 for r in _results(collector, "p1") if r[1] == v1) >= 3, 30, "results under the first plan")
     assert json.loads(saved.read_bytes())["version"] == v1
@@ -178,11 +192,7 @@ def test_a_running_probe_follows_a_changed_plan_over_tls_and_loses_nothing(proce
 
 
 def test_through_a_collector_outage_the_probe_measures_its_saved_plan(processes: Processes, tmp_path: Path) -> None:
-    responder = Responder(processes)
-    responder.start()
-    tls, ca_file, context = tls_files(tmp_path)
-    collector = _collector(processes, tmp_path, PLAN_V1.format(echo=responder.echo_port), tls=tls)
-    v1 = _get_plan(collector, TOKENS["p1"], context=context)[2]["version"]  # type: ignore[index]
+    responder, collector, ca_file, context, v1 = _over_tls(processes, tmp_path)
     probe, saved = _probe(processes, tmp_path, collector, ca_file)
     wait_for(lambda: saved.exists() and _results(collector, "p1"), 30, "the plan saved and results stored")
     _stop(probe)
@@ -203,3 +213,59 @@ def test_through_a_collector_outage_the_probe_measures_its_saved_plan(processes:
     measured, backlog = spool_counters(tmp_path / "p1-spool.db")
     assert (len(results), backlog) == (measured, 0)
     assert sum(1 for r in results if outage_ns < r[3] < back_ns) >= 2
+
+
+def _samples(collector: Collector, context: ssl.SSLContext, name: str) -> list[tuple[dict[str, str], float]]:
+    with urllib.request.urlopen(collector.url + "/metrics", timeout=10, context=context) as answer:
+        text = answer.read().decode()
+    return [(sample.labels, sample.value) for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name]  # fmt: skip
+
+
+def _listed(collector: Collector, token: str, context: ssl.SSLContext) -> dict[str, object]:
+    request = urllib.request.Request(collector.url + "/api/v1/probes?city=lishui", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+        (probe,) = [p for p in json.loads(answer.read())["probes"] if p["id"] == "p1"]
+        return probe  # type: ignore[no-any-return]
+
+
+def _outdated(collector: Collector, context: ssl.SSLContext) -> float | None:
+    values = [value for labels, value in _samples(collector, context, "qiancheng_probe_plan_outdated_seconds")
+              if labels["probe"] == "p1"]  # fmt: skip
+    return values[0] if values else None
+
+
+def test_fleet_health_names_version_plan_and_clock_and_times_an_outdated_plan(processes: Processes, tmp_path: Path) -> None:
+    responder, collector, ca_file, context, v1 = _over_tls(processes, tmp_path)
+    probe, _ = _probe(processes, tmp_path, collector, ca_file)
+    wait_for(lambda: _outdated(collector, context) == 0.0, 30, "the probe's plan reported and current")
+
+    one = {"probe": "p1", "city": "lishui", "isp": "chinatelecom"}
+    [(info, _)] = [s for s in _samples(collector, context, "qiancheng_probe_info") if s[0]["probe"] == "p1"]
+    assert info == {**one, "version": __version__, "plan": v1}
+    health = {name: value for name in ("uptime_seconds", "cpus", "load1", "clock_synced", "clock_maxerror_seconds")
+              for labels, value in _samples(collector, context, f"qiancheng_probe_{name}") if labels == one}  # fmt: skip
+    clock = clock_state()
+    assert clock is not None and health["clock_synced"] == float(clock.synced)
+    assert 0 < health["uptime_seconds"] < 60 and health["cpus"] == len(os.sched_getaffinity(0)) and health["load1"] >= 0
+    listed = _listed(collector, TOKENS["p1"], context)
+    assert (listed["version"], listed["plan"], listed["plan_outdated_seconds"], listed["clock_synced"]) == (
+        __version__, v1, 0.0, clock.synced)
+
+    # lishui leaves the plan: the collector can give p1 no plan (422), so p1 measures on with the one it has,
+    # and the collector counts how long it has been behind
+    time.sleep(1.1)
+    (tmp_path / "plan.yaml").write_text(PLAN_V1.format(echo=responder.echo_port).replace("  lishui:", "  lishuii:"))
+    wait_for(lambda: (_outdated(collector, context) or 0) >= 3, 30, "p1 seen behind the plan for 3 s")
+    assert "plan_refused status=422" in processes.log("p1")
+    assert float(_listed(collector, TOKENS["p1"], context)["plan_outdated_seconds"]) >= 3  # type: ignore[arg-type]
+    behind_ns = time.time_ns()
+    wait_for(lambda: any(r[3] > behind_ns and r[1] == v1 for r in _results(collector, "p1")), 20, "results under v1 still")
+
+    # the edit undone: p1 runs the current plan again
+    time.sleep(1.1)
+    (tmp_path / "plan.yaml").write_text(PLAN_V1.format(echo=responder.echo_port))
+    wait_for(lambda: _outdated(collector, context) == 0.0, 20, "p1 current again")
+    _stop(probe)
+    measured, backlog = spool_counters(tmp_path / "p1-spool.db")
+    assert (len(_results(collector, "p1")), backlog) == (measured, 0)

@@ -17,7 +17,7 @@ from qiancheng.collector.sla.exposition import SLA_HELP
 from tests.integration.helpers import require_tool
 
 DASHBOARDS = dashboard_files()
-_METRIC = re.compile(r"\bqiancheng_[a-z_]+")
+_METRIC = re.compile(r"\bqiancheng_[a-z0-9_]+")
 _SUFFIXES = ("_bucket", "_count", "_sum")
 _TITLES = {"qiancheng · Fleet", "qiancheng · City scorecard", "qiancheng · Target detail", "qiancheng · SLA"}
 

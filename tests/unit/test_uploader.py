@@ -311,6 +311,25 @@ async def test_body_is_a_gzip_json_batch_with_identity_and_stats(rig: Rig) -> No
     assert batch.stats["spool_dropped_total"] == 0 and batch.stats["acked_total"] == 0
 
 
+async def test_health_rides_in_stats_and_the_plan_in_a_header_read_at_each_send(rig: Rig) -> None:
+    collector = await rig.collector()
+    plan = {"version": ""}
+    uploader = rig.uploader(collector.url, health=lambda: {"uptime_seconds": 12.5, "clock_synced": 1.0},
+                            plan_version=lambda: plan["version"], batch_max_results=1)  # fmt: skip
+    await rig.add(result(1))
+    rig.start(uploader)
+    await wait_until(lambda: _eq(rig.backlog(), 0), 5, "the first batch delivered")
+    plan["version"] = "0123456789abcdef"  # a plan applied between two sends
+    await rig.add(result(2))
+    uploader.notify()  # as the agent does after each result it spools
+    await wait_until(lambda: _eq(rig.backlog(), 0), 5, "the second batch delivered")
+    first, second = collector.seen
+    assert "Qiancheng-Plan" not in first.headers, "no plan yet: no header"
+    assert second.headers["Qiancheng-Plan"] == "0123456789abcdef"
+    assert second.batch.stats["uptime_seconds"] == 12.5 and second.batch.stats["clock_synced"] == 1.0
+    assert second.batch.stats["spool_backlog"] == 1, "the spool's own figures stay beside them"
+
+
 async def test_batches_go_when_full_or_old_enough(rig: Rig) -> None:
     collector = await rig.collector()
     uploader = rig.uploader(collector.url, batch_max_results=5, batch_max_age=1.5)
