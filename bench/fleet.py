@@ -65,6 +65,7 @@ import msgspec
 import yaml
 
 from qiancheng.collector.registry import ProbeRegistry
+from qiancheng.core import __version__
 from qiancheng.core.enrollment import ENROLL_PATH, Enrolled, EnrollRequest
 from qiancheng.core.kind_settings import (
     DnsSettings,
@@ -78,7 +79,7 @@ from qiancheng.core.kind_settings import (
 from qiancheng.core.plan_wire import PLAN_PATH, decode_plan
 from qiancheng.core.result import Result
 from qiancheng.core.stats import train_stats
-from qiancheng.core.wire import RESULTS_PATH, Batch, encode_batch
+from qiancheng.core.wire import PLAN_HEADER, RESULTS_PATH, USER_AGENT_PREFIX, Batch, encode_batch
 from qiancheng.probes.config import Job
 from qiancheng.probes.measure.mos import voice_figures
 from qiancheng.probes.plan_client import plan_jobs
@@ -486,7 +487,9 @@ def batch_body(probe: SimProbe, results: list[Result]) -> bytes:
     """The push body as the uploader makes it: a Batch with the probe's stats, JSON, gzip level 6."""
     probe.batches += 1
     stats = {"spool_backlog": float(len(results)), "spool_backlog_bytes": 900.0 * len(results), "spool_dropped_total": 0.0,
-             "spool_rejected_total": 0.0, "measured_total": float(probe.measured), "acked_total": float(probe.acked)}  # fmt: skip
+             "spool_rejected_total": 0.0, "measured_total": float(probe.measured), "acked_total": float(probe.acked),
+             "uptime_seconds": 3600.0 + probe.batches * BATCH_AGE, "load1": 0.3, "cpus": 4.0, "clock_synced": 1.0,
+             "clock_maxerror_seconds": 0.05}  # fmt: skip
     batch = Batch(probe_id=probe.probe_id, batch_id=f"{probe.probe_id}-{probe.batches:09d}", results=results,
                   city=probe.city, isp=probe.isp, stats=stats)  # fmt: skip
     return gzip.compress(encode_batch(batch), compresslevel=GZIP_LEVEL)
@@ -495,7 +498,8 @@ def batch_body(probe: SimProbe, results: list[Result]) -> bytes:
 async def push(probe: SimProbe, session: aiohttp.ClientSession, url: str, fleet: Fleet, results: list[Result]) -> None:
     """POST one batch until the collector answers 200; retries keep the batch id (the collector stores it once)."""
     body = batch_body(probe, results)
-    headers = {"Authorization": f"Bearer {probe.token}", "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    headers = {"Authorization": f"Bearer {probe.token}", "Content-Type": "application/json", "Content-Encoding": "gzip",
+               "User-Agent": USER_AGENT_PREFIX + __version__, PLAN_HEADER: probe.plan_version}  # as the agent sends
     attempt = 0
     fleet.in_flight += len(results)
     while True:
@@ -703,7 +707,7 @@ class PhaseFigures:
     latencies: list[float]
     refusals: Counter[str]
     commit_seconds: dict[str, float]  # mean store commit per batch, by instance, from Prometheus
-    rendered_samples: dict[str, float]  # samples Prometheus scraped from each collector during the phase
+    scrapes: dict[str, float]  # scrapes Prometheus made of each collector during the phase (each one renders)
 
     def collector_cpu(self, index: int) -> float:
         return self.cpu[f"collector-{index}"]
@@ -723,8 +727,8 @@ async def measure_phase(session: aiohttp.ClientSession, stack: Stack, fleet: Fle
     commit = by_instance(await prom_query(
         session, stack.prometheus_url, f"increase(qiancheng_ingest_commit_seconds_sum[{window}]) / "
         f"increase(qiancheng_ingest_commit_seconds_count[{window}])", after.wall))  # fmt: skip
-    rendered = by_instance(await prom_query(
-        session, stack.prometheus_url, f"sum_over_time(scrape_samples_scraped[{elapsed:.0f}s])", after.wall))  # fmt: skip
+    # every scrape renders the whole exposition, also one that times out in Prometheus before it ends
+    scrapes = by_instance(await prom_query(session, stack.prometheus_url, f"count_over_time(up[{elapsed:.0f}s])", after.wall))
     busy = (after.busy[0] - before.busy[0]) / max(1.0, after.busy[1] - before.busy[1])
     return PhaseFigures(
         cities=len({p.city for p in probes}), speed=speed, seconds=elapsed,
@@ -732,7 +736,7 @@ async def measure_phase(session: aiohttp.ClientSession, stack: Stack, fleet: Fle
         cpu={k: after.cpu[k] - before.cpu[k] for k in after.cpu},
         vm_rows_per_second={k: (after.vm_rows.get(k, 0) - before.vm_rows.get(k, 0)) / elapsed for k in after.vm_rows},
         machine_busy=busy, latencies=tally.latencies, refusals=tally.refusals, commit_seconds=commit,
-        rendered_samples=rendered,
+        scrapes=scrapes,
     )  # fmt: skip
 
 
@@ -991,11 +995,11 @@ def print_cpu_bound(run: CityRun) -> None:
 
 
 def render_cpu(run: CityRun, phase: PhaseFigures) -> float:
-    """CPU seconds the collectors spent rendering /metrics for Prometheus in `phase`: the samples it scraped
-    from each, times that collector's CPU per sample in a render measured alone."""
+    """CPU seconds the collectors spent rendering /metrics for Prometheus in `phase`: its scrapes of each, times
+    that collector's CPU for one render measured alone at the end (the largest exposition: an upper bound)."""
     total = 0.0
     for shard, alone in zip(run.shards, run.scrapes, strict=True):
-        total += phase.rendered_samples.get(f"127.0.0.1:{shard.port}", 0.0) * alone.cpu_seconds / max(1, alone.samples)
+        total += phase.scrapes.get(f"127.0.0.1:{shard.port}", 0.0) * alone.cpu_seconds
     return total
 
 

@@ -260,10 +260,13 @@ def _histogram_buckets(histogram: Histogram) -> list[tuple[str, float]]:
 class LiveCollector(Collector):
     """A prometheus_client collector over a LiveState; `clock` gives UTC ns (for the series TTL)."""
 
-    def __init__(self, state: LiveState, clock: Callable[[], int] = wall_ns, freshness: PlanFreshness | None = None) -> None:
+    def __init__(self, state: LiveState, clock: Callable[[], int] = wall_ns, freshness: PlanFreshness | None = None,
+                 series: bool = True) -> None:  # fmt: skip
+        """`series` False leaves the per-test families out: /metrics writes those itself (collector/exposition.py)."""
         self._state = state
         self._clock = clock
         self._freshness = freshness
+        self._with_series = series
 
     def describe(self) -> list[Metric]:
         # families come and go with the data; nothing to check for clashes at registration
@@ -273,11 +276,12 @@ class LiveCollector(Collector):
         state = self._state
         state.expire(self._clock())
         series = list(state.series.values())
-        yield from self._test_families(series)
-        yield from self._figure_families(series, FIGURE_GAUGES, counter=False)
-        yield from self._figure_families(series, FIGURE_COUNTERS, counter=True)
-        yield from self._info_families(series)
-        yield self._rtt_family(series)
+        if self._with_series:
+            yield from self._test_families(series)
+            yield from self._figure_families(series, FIGURE_GAUGES, counter=False)
+            yield from self._figure_families(series, FIGURE_COUNTERS, counter=True)
+            yield from self._info_families(series)
+            yield self._rtt_family(series)
         yield from self._probe_families()
         yield from self._ingest_families()
         yield GaugeMetricFamily("qiancheng_series", HELP["qiancheng_series"], value=len(series))
@@ -407,10 +411,11 @@ class LiveCollector(Collector):
 
 
 def build_registry(state: LiveState, clock: Callable[[], int] = wall_ns, process: bool = True,
-                   freshness: PlanFreshness | None = None) -> CollectorRegistry:  # fmt: skip
-    """A fresh registry exposing `state` (and this process's CPU and memory when `process`)."""
+                   freshness: PlanFreshness | None = None, series: bool = True) -> CollectorRegistry:  # fmt: skip
+    """A fresh registry exposing `state` (and this process's CPU and memory when `process`; without the
+    per-test families when not `series`)."""
     registry = CollectorRegistry()
-    registry.register(LiveCollector(state, clock, freshness))
+    registry.register(LiveCollector(state, clock, freshness, series))
     if process:
         ProcessCollector(registry=registry)
     return registry
