@@ -581,9 +581,13 @@ class Stack:
 def start_vm(processes: Processes, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     binary = _tool("victoria-metrics")
-    # latencyOffset 0: queries see samples as soon as they are written (the loss check reads right after)
+    # latencyOffset 0: queries see samples as soon as they are written (the loss check reads right after).
+    # dedup 1ms: a point written twice counts once, as InfluxDB overwrites it. A write that outlasts the
+    # collector's store.influx.timeout is answered 503 but may still land; the probe's retry writes it again
+    # (docs/operations.md says to run victoria-metrics so when it is the collectors' store).
     process = processes.start([binary, f"-storageDataPath={workdir / 'vm'}", f"-httpListenAddr=127.0.0.1:{port}",
-                               "-loggerLevel=ERROR", "-retentionPeriod=100y", "-search.latencyOffset=0s"],
+                               "-loggerLevel=ERROR", "-retentionPeriod=100y", "-search.latencyOffset=0s",
+                               "-dedup.minScrapeInterval=1ms"],
                               workdir / "vm.log", port)  # fmt: skip
     return process, f"http://127.0.0.1:{port}"
 
@@ -645,11 +649,18 @@ def collector_pid(shard: Shard) -> int:
 
 
 async def get_text(session: aiohttp.ClientSession, url: str, params: dict[str, str] | None = None) -> str:
-    async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=120)) as answer:
-        text = await answer.text()
-        if answer.status != 200:
-            raise RuntimeError(f"GET {url}: {answer.status} {text[:300]}")
-        return text
+    for attempt in range(3):
+        try:
+            async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=120)) as answer:
+                text = await answer.text()
+                if answer.status != 200:
+                    raise RuntimeError(f"GET {url}: {answer.status} {text[:300]}")
+                return text
+        except aiohttp.ServerDisconnectedError:
+            # a kept-alive connection the server closed as it was reused: a fresh one answers
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def vm_rows(session: aiohttp.ClientSession, vm_url: str) -> dict[str, float]:
@@ -706,8 +717,10 @@ class PhaseFigures:
     machine_busy: float
     latencies: list[float]
     refusals: Counter[str]
-    commit_seconds: dict[str, float]  # mean store commit per batch, by instance, from Prometheus
-    scrapes: dict[str, float]  # scrapes Prometheus made of each collector during the phase (each one renders)
+    ended_wall: float
+    # from Prometheus after the run (prometheus_figures):
+    commit_seconds: dict[str, float] = field(default_factory=dict)  # mean store commit per batch, by instance
+    scrapes: dict[str, float] = field(default_factory=dict)  # scrapes of each collector in the phase (each renders)
 
     def collector_cpu(self, index: int) -> float:
         return self.cpu[f"collector-{index}"]
@@ -723,21 +736,26 @@ async def measure_phase(session: aiohttp.ClientSession, stack: Stack, fleet: Fle
     await asyncio.sleep(seconds)
     tally, after = fleet.tally, await snapshot(session, stack)
     elapsed = after.at - before.at
-    window = f"{elapsed + stack.scrape_interval:.0f}s"  # at least two scrapes in the window
-    commit = by_instance(await prom_query(
-        session, stack.prometheus_url, f"increase(qiancheng_ingest_commit_seconds_sum[{window}]) / "
-        f"increase(qiancheng_ingest_commit_seconds_count[{window}])", after.wall))  # fmt: skip
-    # every scrape renders the whole exposition, also one that times out in Prometheus before it ends
-    scrapes = by_instance(await prom_query(session, stack.prometheus_url, f"count_over_time(up[{elapsed:.0f}s])", after.wall))
     busy = (after.busy[0] - before.busy[0]) / max(1.0, after.busy[1] - before.busy[1])
     return PhaseFigures(
         cities=len({p.city for p in probes}), speed=speed, seconds=elapsed,
         nominal=speed * sum(p.nominal_per_second for p in probes), acked=dict(tally.acked), batches=dict(tally.batches),
         cpu={k: after.cpu[k] - before.cpu[k] for k in after.cpu},
         vm_rows_per_second={k: (after.vm_rows.get(k, 0) - before.vm_rows.get(k, 0)) / elapsed for k in after.vm_rows},
-        machine_busy=busy, latencies=tally.latencies, refusals=tally.refusals, commit_seconds=commit,
-        scrapes=scrapes,
+        machine_busy=busy, latencies=tally.latencies, refusals=tally.refusals, ended_wall=after.wall,
     )  # fmt: skip
+
+
+async def prometheus_figures(session: aiohttp.ClientSession, stack: Stack, phase: PhaseFigures) -> None:
+    """Commit time and scrapes per collector in `phase`, from Prometheus. Asked after the run: a scrape's
+    samples carry its start time but are written when it ends, which on a saturated machine is after the
+    phase; every scrape renders the whole exposition, also one that timed out in Prometheus."""
+    window = f"{phase.seconds + stack.scrape_interval:.0f}s"  # at least two scrapes in the window
+    phase.commit_seconds = by_instance(await prom_query(
+        session, stack.prometheus_url, f"increase(qiancheng_ingest_commit_seconds_sum[{window}]) / "
+        f"increase(qiancheng_ingest_commit_seconds_count[{window}])", phase.ended_wall))  # fmt: skip
+    phase.scrapes = by_instance(await prom_query(
+        session, stack.prometheus_url, f"count_over_time(up[{phase.seconds:.0f}s])", phase.ended_wall))  # fmt: skip
 
 
 @dataclass
@@ -852,6 +870,8 @@ async def run_cities(stack: Stack, probes: list[SimProbe], seconds: float, speed
         last = by_instance(await prom_query(control, stack.prometheus_url, "scrape_duration_seconds"))
         worst = by_instance(await prom_query(control, stack.prometheus_url, "max_over_time(scrape_duration_seconds[10m])"))
         head = re.search(r"^prometheus_tsdb_head_series (\S+)$", await get_text(control, stack.prometheus_url + "/metrics"), re.M)
+        for phase in phases:
+            await prometheus_figures(control, stack, phase)
         scrapes = await scrapes_alone(control, stack, max(last.values(), default=0.0))
         await settle(control, stack.vm_url)
         stored_by_kind, stored_batches, carried = await stored_points(control, stack.vm_url)
