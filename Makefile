@@ -52,9 +52,11 @@ lint: $(TEST_ENV)
 	cd build/typecheck && MYPYPATH=. $(abspath $(PY)) -m mypy --config-file ../../pyproject.toml --namespace-packages --explicit-package-bases -p qiancheng
 	cd build/typecheck && MYPYPATH=. $(abspath $(PY)) -m mypy --config-file ../../pyproject.toml ../../tools/demo.py
 
+# bench/fleet.py (a 1000-city fleet, ~15 min, Prometheus alone peaks near 12 GB) is run by hand
 bench: $(BASE_ENV)
 	$(PY) bench/ingest.py
 	$(PY) bench/wire_decode.py
+	$(PY) bench/exposition.py
 	$(PY) bench/accuracy.py
 	$(PY) bench/throughput.py
 	$(PY) bench/icmp_scale.py
