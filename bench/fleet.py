@@ -84,6 +84,8 @@ from qiancheng.probes.config import Job
 from qiancheng.probes.measure.mos import voice_figures
 from qiancheng.probes.plan_client import plan_jobs
 
+from procfs import cpu_seconds, free_port, machine_busy, status_bytes
+
 ROOT: Final = Path(__file__).resolve().parents[1]
 ISPS: Final = ("chinatelecom", "chinaunicom", "chinamobile")
 REGIONS: Final = ("east", "southwest", "northwest", "south", "northeast")
@@ -95,7 +97,6 @@ GZIP_LEVEL: Final = 6  # the uploader's
 RING_POINTS: Final = 160  # points per collector on the hash ring, as nginx's consistent hash
 #: figure sets drawn per (target class, kind): enough variety for the store, cheap to build per result
 VARIANTS: Final = 64
-CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 TARGETS: Final = {"results_per_cpu_second": 50_000.0, "metrics_seconds": 1.0, "metrics_cities": 250}
 
 # RTT (seconds) per target class: a base drawn once per figure set, then per-packet noise on top
@@ -106,33 +107,6 @@ FAILURE_RATIO: Final = 0.01  # per http/dns test
 
 
 # ---------------------------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, seconds (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def status_bytes(pid: int, key: str) -> int:
-    """A `kB` line of /proc/PID/status (VmHWM: peak RSS, VmRSS: now), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs from /proc/stat: busy share = Δbusy / Δtotal."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return float(sum(values) - idle), float(sum(values))
 
 
 class Processes:

@@ -38,23 +38,12 @@ from qiancheng.core.result import Result, Target
 from qiancheng.core.stats import train_stats
 from qiancheng.core.wire import Batch, encode_batch
 
+from procfs import cpu_seconds, free_port
+
 PROBE, TOKEN = "bench-probe-01", "bench-token-7f3a9c1e5b2d4f6a8c0e2b4d6f8a0c2e"
 SIZES = (100, 500, 1000)
 TARGETS = 20  # a city probe measures a few dozen targets; each batch touches all their series
 _SEQ_MARK = 987_654_321_012
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, seconds (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def realistic_results(count: int) -> list[Result]:
