@@ -49,7 +49,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -84,7 +83,7 @@ from qiancheng.probes.config import Job
 from qiancheng.probes.measure.mos import voice_figures
 from qiancheng.probes.plan_client import plan_jobs
 
-from procfs import cpu_seconds, free_port, machine_busy, status_bytes
+from procfs import cpu_seconds, free_port, machine_busy, status_bytes, wait_listening
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 ISPS: Final = ("chinatelecom", "chinaunicom", "chinamobile")
@@ -120,16 +119,9 @@ class Processes:
         with log.open("wb") as output:
             process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         self.started.append(process)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited {process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return process
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{command[0]} did not listen on {port} within 60 s")
+        if (problem := wait_listening(process, port, 60)) is not None:
+            raise RuntimeError(f"{command[0]} {problem}: {log.read_text()[-2000:]}")
+        return process
 
     def stop_all(self) -> None:
         """SIGTERM to each group, SIGKILL to any still there after 30 s; also on failure."""

@@ -22,7 +22,6 @@ import gzip
 import hashlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from qiancheng.core.result import Result, Target
 from qiancheng.core.stats import train_stats
 from qiancheng.core.wire import Batch, encode_batch
 
-from procfs import cpu_seconds, free_port
+from procfs import cpu_seconds, free_port, wait_listening
 
 PROBE, TOKEN = "bench-probe-01", "bench-token-7f3a9c1e5b2d4f6a8c0e2b4d6f8a0c2e"
 SIZES = (100, 500, 1000)
@@ -168,17 +167,10 @@ def start_listening(command: list[str], log: Path, port: int) -> subprocess.Pope
     """Start a server with its output in `log`; return once it accepts TCP on 127.0.0.1:port."""
     with log.open("wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{command[0]} exited: {log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"{command[0]} did not listen within 15 s")
+    if (problem := wait_listening(process, port, 15)) is not None:
+        process.kill()
+        raise SystemExit(f"{command[0]} {problem}: {log.read_text()}")
+    return process
 
 
 def main() -> int:

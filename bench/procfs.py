@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
 from pathlib import Path
 
-__all__ = ["free_port", "cpu_seconds", "status_bytes", "machine_busy"]
+__all__ = ["free_port", "wait_listening", "cpu_seconds", "status_bytes", "machine_busy"]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -16,6 +18,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_listening(process: subprocess.Popen[bytes], port: int, seconds: float) -> str | None:
+    """Wait until 127.0.0.1:port accepts TCP: None once it does, else why not (the process exited, or time ran out)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited {process.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return None
+        except OSError:
+            time.sleep(0.05)
+    return f"did not listen on {port} within {seconds:g} s"
 
 
 def cpu_seconds(pid: int) -> float:
