@@ -25,6 +25,7 @@ __all__ = [
     "ThroughputSettings",
     "DownloadSettings",
     "UploadSettings",
+    "PathSettings",
     "settings_problem",
     "throughput_problem",
 ]
@@ -171,6 +172,65 @@ def throughput_problem(settings: ThroughputSettings) -> tuple[str, str] | None:
     return _secret_problem(settings.secret_file)
 
 
+class PathSettings(KindSettings, frozen=True, kw_only=True):
+    """A traced path (kind `path`): `rounds` rounds of TTL-limited probes from `first_ttl` to at most
+    `max_ttl`, over ICMP echo, UDP or TCP SYN to `port` (UDP 33434 and TCP 443 unless given).
+
+    Each flow keeps the fields load balancers hash on constant in every round (Paris traceroute), so a
+    flow follows one of several equal-cost paths throughout; `flows` > 1 traces that many, to show the
+    alternatives. Within a round one probe leaves every `packet_interval`; a round starts every
+    `round_interval`; `timeout` is the wait for each probe's answer. A round goes no further than the
+    destination once it has answered, nor more than `gap_limit` silent TTLs past the last hop that
+    answered. `asn_file` maps prefixes to AS numbers (lines `PREFIX ASN`, # comments), looked up
+    locally; `reverse_dns` asks for each hop's name.
+    """
+
+    interval: Duration = Duration(300.0)
+    timeout: Duration = Duration(2.0)
+    protocol: Literal["icmp", "udp", "tcp"] = "icmp"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    rounds: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    round_interval: Duration = Duration(1.0)
+    packet_interval: Duration = Duration(0.01)
+    first_ttl: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    max_ttl: Annotated[int, msgspec.Meta(ge=1, le=64)] = 30
+    gap_limit: Annotated[int, msgspec.Meta(ge=1, le=64)] = 5
+    flows: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
+    asn_file: str | None = None
+    reverse_dns: bool = False
+
+    def destination_port(self) -> int:
+        """The port probes go to: `port`, else 33434 for UDP (traceroute's) and 443 for TCP."""
+        if self.port is not None:
+            return self.port
+        return 443 if self.protocol == "tcp" else 33434
+
+    def max_duration(self) -> float:
+        probes_per_round = (self.max_ttl - self.first_ttl + 1) * self.flows
+        last_round = (self.rounds - 1) * float(self.round_interval)
+        return last_round + probes_per_round * float(self.packet_interval) + float(self.timeout)
+
+
+def _path_problem(settings: PathSettings) -> tuple[str, str] | None:
+    """(field, why) when these path settings cannot be used, else None; checked where settings enter."""
+    if settings.first_ttl > settings.max_ttl:
+        return "first_ttl", f"must not exceed max_ttl ({settings.max_ttl}), got {settings.first_ttl}"
+    for name, lowest, highest in (("timeout", 0.05, 30.0), ("round_interval", 0.01, 60.0),
+                                  ("packet_interval", 0.0, 1.0)):
+        value = getattr(settings, name)
+        if not lowest <= value <= highest:
+            return name, f"must be within {lowest:g}..{highest:g} s, got {value:g}"
+    if settings.asn_file is not None:
+        from .asn_table import read_asn_table  # only configs that name a table pay for reading it
+
+        try:
+            read_asn_table(settings.asn_file)
+        except ValueError as error:
+            return "asn_file", str(error)
+    return None
+
+
 def settings_problem(settings: KindSettings) -> tuple[str, str] | None:
     """(field, why) when these settings of any kind cannot be used (rules spanning fields, files they
     name), else None; checked wherever settings enter."""
@@ -178,6 +238,8 @@ def settings_problem(settings: KindSettings) -> tuple[str, str] | None:
         return throughput_problem(settings)
     if isinstance(settings, StampSettings):
         return _stamp_problem(settings)
+    if isinstance(settings, PathSettings):
+        return _path_problem(settings)
     return None
 
 

@@ -17,6 +17,7 @@ from .kind_settings import (
     HttpSettings,
     IcmpSettings,
     KindSettings,
+    PathSettings,
     StampSettings,
     TcpSettings,
     UploadSettings,
@@ -34,7 +35,10 @@ __all__ = ["CATALOGUE", "EXCLUSIVE_KINDS", "KINDS", "FigureGroup", "Kind", "kind
 #: - one_way: forward and backward one-way delays with the clocks' error bound
 #: - voice: the E-model estimate (mos, r_factor)
 #: - cdn: the CDN cache status and age of the object fetched
-FigureGroup = Literal["round_trips", "dns", "http_phases", "throughput", "loaded_latency", "one_way", "voice", "cdn"]
+#: - path: a traced path (hop_count, destination_reached, path_changes, the destination's RTT and loss)
+#:   with its hops
+FigureGroup = Literal["round_trips", "dns", "http_phases", "throughput", "loaded_latency", "one_way", "voice", "cdn",
+                      "path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,7 @@ CATALOGUE: Final = (
     Kind("download", DownloadSettings, exclusive=True, figures=("throughput", "loaded_latency", "cdn")),
     Kind("upload", UploadSettings, exclusive=True, figures=("throughput", "loaded_latency")),
     Kind("stamp", StampSettings, figures=("round_trips", "one_way", "voice")),
+    Kind("path", PathSettings, figures=("path",)),
 )
 
 _BY_NAME: Final = {kind.name: kind for kind in CATALOGUE}

@@ -16,6 +16,7 @@ __all__ = [
     "REASONS",
     "TARGET_CLASSES",
     "Target",
+    "Hop",
     "Result",
     "failure",
 ]
@@ -90,13 +91,51 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     )
 
 
+Address = Annotated[str, msgspec.Meta(max_length=64)]  # an IPv4 or IPv6 address as text
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+
+#: the most hops one result carries: 8 flows of 64 TTLs (PathSettings' bounds)
+MAX_HOPS: Final = 512
+
+
+class Hop(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One TTL of one flow of a path (kind `path`): who answered, how fast, how often.
+
+    `address` is the router (or the destination) that answered most often at this TTL, None when none
+    did; `others` are further addresses that answered at the same TTL of the same flow (a per-packet
+    load balancer or a route that changed during the trace). RTTs are over the replies received.
+    `loss_ratio` is the share of probes without a reply, as mtr shows it; `rate_limited` says that this
+    loss does not persist to the later hops (the router limits its ICMP replies; packets pass), so it
+    is not path loss. `unreachable` is the code of an ICMP destination unreachable answered at this
+    TTL (`host`, `network`, `prohibited`, `port`, ...); `mpls` the label stack the router quoted
+    (RFC 4950); `asn` from the probe's prefix table; `name` the reverse name when asked for.
+    """
+
+    ttl: Annotated[int, msgspec.Meta(ge=1, le=255)]
+    sent: Annotated[int, msgspec.Meta(ge=0)]
+    received: Annotated[int, msgspec.Meta(ge=0)]
+    loss_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    flow: Annotated[int, msgspec.Meta(ge=0, le=63)] = 0
+    address: Address | None = None
+    rtt_min_seconds: Seconds | None = None
+    rtt_median_seconds: Seconds | None = None
+    rtt_max_seconds: Seconds | None = None
+    rtt_last_seconds: Seconds | None = None
+    rate_limited: bool = False
+    unreachable: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")] | None = None
+    mpls: Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=0xFFFFF)]], msgspec.Meta(max_length=16)] = []
+    asn: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] | None = None
+    name: Annotated[str, msgspec.Meta(max_length=255)] | None = None
+    others: Annotated[list[Address], msgspec.Meta(max_length=16)] = []
+
+
 class Result(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """One test of one kind against one target.
 
     `figures` holds the numbers in base units under stable names (for example `rtt_median_seconds`,
     `loss_ratio`, `packets_sent`); `info` holds text facts (rcode, resolved address, HTTP version);
-    `samples` holds the per-packet round-trip times in seconds, None for a packet lost.
-    `seq` is 0 until the spool numbers the result.
+    `samples` holds the per-packet round-trip times in seconds, None for a packet lost; `hops` the path
+    a `path` result traced, in flow and TTL order. `seq` is 0 until the spool numbers the result.
     """
 
     kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")]
@@ -109,6 +148,7 @@ class Result(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     figures: Annotated[dict[str, float], _KEYS_SCHEMA] = {}
     info: Annotated[dict[str, Text], _KEYS_SCHEMA] = {}
     samples: Annotated[list[float | None], msgspec.Meta(max_length=100_000)] = []
+    hops: Annotated[list[Hop], msgspec.Meta(max_length=MAX_HOPS)] = []
     seq: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     def __post_init__(self) -> None:

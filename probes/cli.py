@@ -10,7 +10,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
 
 from qiancheng.core import __version__
 from qiancheng.core.configfile import decode_hook
@@ -21,15 +23,16 @@ from qiancheng.core.result import Result, Target
 
 from . import measure
 from .enroll import add_enroll_command, run_enroll
-from .measure.progress import progress_callback
-from .render import ProgressBar, results_table
+from .measure.progress import PathProgress, path_progress_callback, progress_callback
+from .render import ProgressBar, hops_table, results_table
 
 __all__ = ["main"]
 
 # `once` flags that map one-to-one onto settings fields of the kinds that have them.
 _SETTING_FLAGS = ("count", "packet_interval", "timeout", "size", "port", "family", "resolver",
                   "query_name", "query_type", "protocol", "url", "expected_status", "verify_tls",
-                  "streams", "window", "warmup", "max_bytes", "secret_file")  # fmt: skip
+                  "streams", "window", "warmup", "max_bytes", "secret_file", "rounds", "round_interval",
+                  "max_ttl", "first_ttl", "flows", "asn_file", "reverse_dns")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--resolver", help="DNS: resolver to ask (then TARGET is the name to look up)")
     once.add_argument("--query-name", help="DNS: name to look up")
     once.add_argument("--query-type", help="DNS: record type (A, AAAA, TXT, ...)")
-    once.add_argument("--protocol", choices=("udp", "tcp"), help="DNS transport")
+    once.add_argument("--protocol", choices=("udp", "tcp", "icmp"), help="DNS transport (udp, tcp); path probes (icmp, udp, tcp)")
     once.add_argument("--url", help="HTTP: URL to fetch (default: TARGET)")
     once.add_argument("--expected-status", type=int, action="append", help="HTTP: accepted status (repeatable)")
     once.add_argument("--insecure", dest="verify_tls", action="store_false", default=None, help="HTTP: do not verify TLS certificates")
@@ -77,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--secret-file", metavar="FILE",
                       help="download/upload/stamp: the responder's shared secret (STAMP then runs authenticated)")
     once.add_argument("--max-bytes", help="download/upload: byte cap of the test, e.g. 1GiB")
+    once.add_argument("--rounds", type=int, help="path: rounds of probes (default 10)")
+    once.add_argument("--round-interval", help="path: time between rounds, e.g. 1s")
+    once.add_argument("--max-ttl", type=int, help="path: farthest hop probed (default 30)")
+    once.add_argument("--first-ttl", type=int, help="path: nearest hop probed (default 1)")
+    once.add_argument("--flows", type=int, help="path: flows traced, to show equal-cost alternatives (1-8)")
+    once.add_argument("--asn-file", metavar="FILE", help="path: prefix-to-AS table (lines `PREFIX ASN`)")
+    once.add_argument("--reverse-dns", action="store_true", default=None, help="path: look up each hop's name")
     return parser
 
 
@@ -114,13 +124,21 @@ def _once(args: argparse.Namespace) -> int:
         print(f"qiancheng-probe once: {error}", file=sys.stderr)
         return 2
     targets = [_once_target(t, args.target_class) for t in args.targets]
-    results = _run_with_progress(_measure_all(targets, kinds, settings), show=not args.json and bool(EXCLUSIVE_KINDS & set(kinds)))
+    work = _measure_all(targets, kinds, settings)
+    if not args.json and "path" in kinds:
+        results = _run_with_path_table(work)
+    else:
+        results = _run_with_progress(work, show=not args.json and bool(EXCLUSIVE_KINDS & set(kinds)))
     if args.json:
         encoder = msgspec.json.Encoder()
         for result in results:
             sys.stdout.write(encoder.encode(result).decode() + "\n")
     else:
-        Console().print(results_table(results))
+        console = Console()
+        console.print(results_table(results))
+        for result in results:
+            if result.hops:
+                console.print(hops_table(result.hops, title=f"path to {result.target.name}"))
     return 0 if all(r.success for r in results) else 1
 
 
@@ -135,6 +153,25 @@ def _run_with_progress(work: Coroutine[Any, Any, list[Result]], show: bool) -> l
             return asyncio.run(work)
         finally:
             progress_callback.reset(token)
+
+
+def _run_with_path_table(work: Coroutine[Any, Any, list[Result]]) -> list[Result]:
+    """Run `work`; on a terminal (stderr), the hop table of each traced path, redrawn after every round."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return asyncio.run(work)
+    tables: dict[str, Table] = {}
+    with Live(Group(), console=console, transient=True) as live:
+        def show(progress: PathProgress) -> None:
+            title = f"path to {progress.target.name}: round {progress.rounds_done} of {progress.rounds}"
+            tables[progress.target.address] = hops_table(progress.hops, title=title)
+            live.update(Group(*tables.values()))
+
+        token = path_progress_callback.set(show)
+        try:
+            return asyncio.run(work)
+        finally:
+            path_progress_callback.reset(token)
 
 
 def _load(file: str) -> Any:

@@ -11,11 +11,11 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from qiancheng.core.kinds import FigureGroup, kind_named
-from qiancheng.core.result import Result
+from qiancheng.core.result import Hop, Result
 
 from .measure.progress import Progress
 
-__all__ = ["ProgressBar", "figures_text", "outcome_text", "results_table"]
+__all__ = ["ProgressBar", "figures_text", "hops_table", "outcome_text", "results_table"]
 
 
 def _ms(seconds: float) -> str:
@@ -99,6 +99,22 @@ def _cdn(result: Result) -> list[str]:
     return [f"cache {result.info['cache_status']}" + (f" at {edge}" if edge else "")]
 
 
+def _path(result: Result) -> list[str]:
+    f, parts = result.figures, []
+    if "hop_count" in f:
+        reached = "reached" if f.get("destination_reached") else "not reached"
+        parts.append(f"{int(f['hop_count'])} hops, destination {reached}")
+    if "rtt_median_seconds" in f:
+        parts.append(f"rtt med {_ms(f['rtt_median_seconds'])} ms, loss {f.get('loss_ratio', 0.0) * 100:.1f}%")
+    if f.get("rate_limited_hops"):
+        parts.append(f"{int(f['rate_limited_hops'])} rate-limited hops")
+    if f.get("path_changes"):
+        parts.append(f"path changed (was {result.info.get('previous_fingerprint', '?')})")
+    if "fingerprint" in result.info:
+        parts.append(f"path {result.info['fingerprint']}")
+    return parts
+
+
 _GROUP_TEXT: Final[dict[FigureGroup, Callable[[Result], list[str]]]] = {
     "round_trips": _round_trips,
     "dns": _dns,
@@ -108,6 +124,7 @@ _GROUP_TEXT: Final[dict[FigureGroup, Callable[[Result], list[str]]]] = {
     "one_way": _one_way,
     "voice": _voice,
     "cdn": _cdn,
+    "path": _path,
 }
 
 
@@ -177,4 +194,39 @@ def results_table(results: Iterable[Result], title: str | None = None, show_prob
         style = None if result.success else "red"
         row = [result.target.name, result.target.target_class, result.kind, outcome_text(result), figures_text(result)]
         table.add_row(*([show_probe] if show_probe is not None else []) + row, style=style)
+    return table
+
+
+def _hop_ms(value: float | None) -> str:
+    return "" if value is None else _ms(value)
+
+
+def hops_table(hops: Iterable[Hop], title: str | None = None) -> Table:
+    """A traced path as mtr shows one: per hop its address, loss and RTTs (last, median, best, worst);
+    a flow column when there are several; rate limiting, unreachables, MPLS labels and ASNs noted."""
+    hops = list(hops)
+    several_flows = any(hop.flow for hop in hops)
+    table = Table(title=title, expand=False)
+    columns = (["flow"] if several_flows else []) + ["hop", "address", "loss", "sent", "last", "median", "best", "worst", "notes"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("address", "notes") else "right", overflow="fold")
+    for hop in hops:
+        address = hop.address or "???"
+        if hop.name:
+            address = f"{hop.name} ({address})"
+        notes = []
+        if hop.rate_limited:
+            notes.append("rate limited, not path loss")
+        if hop.unreachable:
+            notes.append(f"!{hop.unreachable} unreachable")
+        if hop.asn is not None:
+            notes.append(f"AS{hop.asn}")
+        if hop.mpls:
+            notes.append("MPLS " + "/".join(str(label) for label in hop.mpls))
+        if hop.others:
+            notes.append("also " + ", ".join(hop.others))
+        row = [str(hop.ttl), address, f"{hop.loss_ratio * 100:.1f}%", str(hop.sent), _hop_ms(hop.rtt_last_seconds),
+               _hop_ms(hop.rtt_median_seconds), _hop_ms(hop.rtt_min_seconds), _hop_ms(hop.rtt_max_seconds), "; ".join(notes)]
+        table.add_row(*([str(hop.flow)] if several_flows else []) + row,
+                      style="dim" if hop.rate_limited or not hop.received else None)
     return table

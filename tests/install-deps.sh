@@ -19,6 +19,9 @@ declare -A packages=(
   [prometheus]=prometheus
   [prometheus-alertmanager]=prometheus-alertmanager
   [openssl]=openssl
+  # peers of the path kind (tests/netlab/test_path_trace.py, bench/path.py)
+  [mtr]=mtr-tiny
+  [traceroute]=traceroute
   # peers in the benchmarks (bench/icmp_scale.py)
   [prometheus-smokeping-prober]=prometheus-smokeping-prober
   [prometheus-blackbox-exporter]=prometheus-blackbox-exporter

@@ -81,4 +81,5 @@ async def _run(kind: str, target: Target, settings: KindSettings) -> Result:
         figures=outcome.figures,
         info=outcome.info,
         samples=outcome.samples,
+        hops=outcome.hops,
     )

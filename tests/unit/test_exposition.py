@@ -13,7 +13,7 @@ from qiancheng.collector.exposition import render_series
 from qiancheng.collector.live import LiveState
 from qiancheng.collector.metrics import build_registry, new_live_state
 from qiancheng.core.kinds import KINDS
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import Hop, Result, Target
 from qiancheng.core.stats import train_stats
 
 T0 = 1_790_000_000_000_000_000
@@ -46,6 +46,10 @@ def _results(rng: random.Random) -> list[Result]:
         results.append(Result(kind=kind, target=CDN, start_ns=T0, duration_seconds=10.0, success=True, seq=seq,
                               figures={"throughput_bits_per_second": 941_234_567.25, "bytes": 1.2e9,
                                        "responsiveness_rpm": 812.5, "idle_rtt_seconds": 0.002}))  # fmt: skip
+    results.append(Result(kind="path", target=CDN, start_ns=T0, duration_seconds=3.0, success=True, seq=204,
+                          figures={"hop_count": 7, "destination_reached": 1, "path_changes": 1, "loss_ratio": 0.0,
+                                   "rtt_median_seconds": 0.0123},
+                          hops=[Hop(ttl=1, sent=10, received=10, loss_ratio=0.0, address="198.18.0.1")]))  # fmt: skip
     return results
 
 

@@ -23,11 +23,12 @@ def test_every_kind_has_a_module_with_measure_and_its_settings(kind: Kind) -> No
 
 
 def test_derived_lists_follow_the_catalogue() -> None:
-    assert KINDS == ("icmp", "tcp", "dns", "http", "download", "upload", "stamp")
+    assert KINDS == ("icmp", "tcp", "dns", "http", "download", "upload", "stamp", "path")
     assert EXCLUSIVE_KINDS == {"download", "upload"}
     assert kinds_with("round_trips") == ("icmp", "tcp", "stamp")
     assert kinds_with("voice") == ("icmp", "stamp")
     assert kinds_with("cdn") == ("http", "download")
+    assert kinds_with("path") == ("path",)
     with pytest.raises(KeyError):
         kind_named("warp")
 
@@ -49,3 +50,8 @@ def test_a_kind_renders_only_its_own_groups() -> None:
         "dns/connect/tls/ttfb/total 1.000/2.000/0.000/4.000/5.000 ms  HTTP 200  cache HIT at sha1"
     )
     assert figures_text(_result("warp", train)) == ""
+    path = {"hop_count": 6, "destination_reached": 1, "rtt_median_seconds": 0.0123, "loss_ratio": 0.0,
+            "rate_limited_hops": 2, "path_changes": 1, "mos": 4.2}  # fmt: skip
+    assert figures_text(_result("path", path, {"fingerprint": "00aa", "previous_fingerprint": "11bb"})) == (
+        "6 hops, destination reached  rtt med 12.30 ms, loss 0.0%  2 rate-limited hops  path changed (was 11bb)  path 00aa"
+    )
