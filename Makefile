@@ -59,6 +59,7 @@ bench: $(BASE_ENV)
 	$(PY) bench/exposition.py
 	$(PY) bench/accuracy.py
 	$(PY) bench/throughput.py
+	$(PY) bench/path.py
 	$(PY) bench/icmp_scale.py
 
 # a collector, a responder, probes in two cities and Prometheus on loopback for 90 s, then one PNG per dashboard

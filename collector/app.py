@@ -21,7 +21,7 @@ from qiancheng.core.wire import RESULTS_PATH
 
 from . import __version__
 from .auth import authenticate
-from .bodies import ErrorBody, Health, LatestResponse, Totals, encode
+from .bodies import ErrorBody, Health, LatestResponse, PathEntry, PathsResponse, Totals, encode
 from .config import CollectorConfig, StoreConfig
 from .enroll import Enrollment
 from .exposition import render_series
@@ -29,9 +29,19 @@ from .fleet import FleetQueryError, fleet, parse_query
 from .ingest import INGEST_KEY, Ingest
 from .live import LiveState
 from .metrics import build_registry, new_live_state
-from .openapi import HEALTH_PATH, LATEST_PATH, METRICS_PATH, OPENAPI_PATH, PROBES_PATH, openapi_document
+from .openapi import (
+    HEALTH_PATH,
+    LATEST_PATH,
+    MAX_PATH_CHANGES,
+    METRICS_PATH,
+    OPENAPI_PATH,
+    PATHS_PATH,
+    PROBES_PATH,
+    openapi_document,
+)
 from .plan.freshness import PlanFreshness
 from .plan.service import PlanService
+from .records import PathChange
 from .refused import Refused
 from .registry import ProbeRegistry, open_registry
 from .sla.service import install_sla
@@ -221,6 +231,26 @@ async def _latest(request: web.Request) -> web.Response:
     return _json(encode(body))
 
 
+async def _paths(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    probe = request.query.get("probe") or None
+    target = request.query.get("target") or None
+    text = request.query.get("changes", "20")
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_PATH_CHANGES:
+        return _json(encode(ErrorBody(error=f"changes must be an integer within 0..{MAX_PATH_CHANGES}", field="changes")), 400)
+    try:
+        latest = await store.latest(probe, target, "path")
+        changes = await store.path_changes(probe, target, int(text)) if int(text) else []
+    except StoreError as error:
+        log.error(kv("store_read_failed", error=error))
+        return _json(encode(ErrorBody(error="the store cannot be read")), 503)
+    by_series: dict[tuple[str, str], list[PathChange]] = {}
+    for change in changes:
+        by_series.setdefault((change.probe_id, change.target), []).append(change)
+    entries = [PathEntry(stored, by_series.get((stored.probe_id, stored.result.target.name), [])) for stored in latest]
+    return _json(encode(PathsResponse(paths=entries)))
+
+
 async def _openapi(request: web.Request) -> web.Response:
     return _json(request.app[_OPENAPI_KEY])
 
@@ -238,7 +268,8 @@ def make_app(
     app[STATE_KEY] = state
     app[FRESHNESS_KEY] = PlanFreshness()
     # the per-test families are written by render_series in the handler: most of the samples, much faster
-    app[REGISTRY_KEY] = build_registry(state, clock, freshness=app[FRESHNESS_KEY], series=False)
+    app[REGISTRY_KEY] = build_registry(state, clock, freshness=app[FRESHNESS_KEY], series=False,
+                                       hop_series=config.metrics.path_hop_series)
     app[_SEAMS_KEY] = _Seams(store_opener=store_opener, clock=clock)
     app[_STARTED_KEY] = time.monotonic()
     app[_OPENAPI_KEY] = json.dumps(openapi_document(__version__, int(config.limits.max_body_bytes))).encode()
@@ -248,6 +279,7 @@ def make_app(
         app.router.add_get(METRICS_PATH, _metrics)
     app.router.add_get(HEALTH_PATH, _health)
     app.router.add_get(LATEST_PATH, _latest)
+    app.router.add_get(PATHS_PATH, _paths)
     app.router.add_get(PROBES_PATH, _probes)
     app.router.add_get(OPENAPI_PATH, _openapi)
     app.router.add_get(PLAN_PATH, _plan)

@@ -7,7 +7,8 @@ from typing import Literal
 
 import msgspec
 
-from .records import ProbeRecord, StoredResult
+from .records import PathChange, ProbeRecord, StoredResult
+from .sla.blame import Blame
 
 __all__ = [
     "Ack",
@@ -15,6 +16,8 @@ __all__ = [
     "Health",
     "Totals",
     "LatestResponse",
+    "PathEntry",
+    "PathsResponse",
     "SlaWindow",
     "SlaObjective",
     "SlaResponse",
@@ -101,6 +104,20 @@ class LatestResponse(msgspec.Struct, frozen=True):
     totals: Totals
 
 
+class PathEntry(msgspec.Struct, frozen=True):
+    """One (probe, target) traced: its latest path (`latest.result.hops`) and its latest path changes,
+    newest first."""
+
+    latest: StoredResult
+    changes: list[PathChange]
+
+
+class PathsResponse(msgspec.Struct, frozen=True):
+    """Body of GET /api/v1/paths."""
+
+    paths: list[PathEntry]
+
+
 class SlaWindow(msgspec.Struct, frozen=True):
     """An indicator over one sliding window: its value in base units (null: no data) and the results read."""
 
@@ -134,6 +151,8 @@ class SlaObjective(msgspec.Struct, frozen=True):
     bad_streak: int
     good_streak: int
     windows: list[SlaWindow]
+    #: while breached: the hop of the target's traced path the breach lies at, when the probe traces it
+    blame: Blame | None = None
 
 
 class SlaResponse(msgspec.Struct, frozen=True):

@@ -149,6 +149,9 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     #: a (probe, target, kind) series that received nothing for this long leaves /metrics (0: never)
     series_ttl: Duration = Duration(3600.0)
+    #: per-hop series (probe x target x hop of the latest path) /metrics shows at most; the paths beyond
+    #: keep their end-to-end figures, and GET /api/v1/paths and the store have every hop
+    path_hop_series: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000
 
 
 class PlanConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

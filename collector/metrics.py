@@ -36,11 +36,15 @@ __all__ = [
     "INFO_GAUGES",
     "PROBE_STATS",
     "HELP",
+    "HOP_GAUGES",
+    "DEFAULT_HOP_SERIES",
     "new_live_state",
     "LiveCollector",
     "build_registry",
 ]
 
+#: per-hop series of the latest paths /metrics shows by default (metrics.path_hop_series)
+DEFAULT_HOP_SERIES: Final = 10_000
 #: RTT buckets in seconds, 0.5 ms … 2 s: loopback and same-city edges sit in the first buckets, national
 #: hubs at 20–60 ms, bad paths and bufferbloat in the hundreds of ms; beyond 2 s a probe's timeout bites
 RTT_BUCKETS: Final = (
@@ -86,6 +90,7 @@ def _both_directions(metric: str, figure: str) -> tuple[FigureMetric, FigureMetr
 
 
 _CDN_KINDS: Final = frozenset(kinds_with("cdn"))
+_PATH_KINDS: Final = frozenset(kinds_with("path"))
 _VOICE_KINDS: Final = frozenset(kinds_with("voice"))
 
 
@@ -129,6 +134,11 @@ FIGURE_GAUGES: Final = (
     FigureMetric("qiancheng_r_factor_estimate", "r_factor", _VOICE_KINDS),
     FigureMetric("qiancheng_cdn_cache_hit", "cdn_cache_hit", _CDN_KINDS),
     FigureMetric("qiancheng_cdn_age_seconds", "cdn_age_seconds", _CDN_KINDS),
+    FigureMetric("qiancheng_path_hops", "hop_count", _PATH_KINDS),
+    FigureMetric("qiancheng_path_destination_reached", "destination_reached", _PATH_KINDS),
+    FigureMetric("qiancheng_path_rtt_seconds", "rtt_median_seconds", _PATH_KINDS),
+    FigureMetric("qiancheng_path_loss_ratio", "loss_ratio", _PATH_KINDS),
+    FigureMetric("qiancheng_path_rate_limited_hops", "rate_limited_hops", _PATH_KINDS),
 )  # fmt: skip
 
 #: counters summing a figure over every result stored for the first time
@@ -138,10 +148,23 @@ FIGURE_COUNTERS: Final = (
     FigureMetric("qiancheng_packets_duplicate_total", "duplicates", _TRAIN_KINDS),
     FigureMetric("qiancheng_packets_late_total", "late", _TRAIN_KINDS),
     FigureMetric("qiancheng_packets_reordered_total", "reordered", _TRAIN_KINDS),
+    FigureMetric("qiancheng_path_changes_total", "path_changes", _PATH_KINDS),
 )
 
 #: constant-1 gauges labelled with info keys of the latest result carrying them
-INFO_GAUGES: Final = (InfoMetric("qiancheng_cdn_info", ("cache_status", "edge"), _CDN_KINDS),)
+INFO_GAUGES: Final = (
+    InfoMetric("qiancheng_cdn_info", ("cache_status", "edge"), _CDN_KINDS),
+    InfoMetric("qiancheng_path_info", ("fingerprint",), _PATH_KINDS),
+)
+
+#: per-hop gauges of the latest path of each path series (flow 0): (metric, Hop attribute)
+HOP_GAUGES: Final = (
+    ("qiancheng_path_hop_rtt_seconds", "rtt_median_seconds"),
+    ("qiancheng_path_hop_loss_ratio", "loss_ratio"),
+    ("qiancheng_path_hop_rate_limited", "rate_limited"),
+)
+#: labels of the per-hop gauges beyond the series' own
+HOP_LABELS: Final = ("hop", "address")
 
 #: per-probe metrics from a batch's `stats`: (metric, stat name, is a counter)
 PROBE_STATS: Final = (
@@ -193,6 +216,17 @@ HELP: Final = {
     "qiancheng_cdn_cache_hit": "1 if the latest response came from the CDN's cache, 0 for any other cache status the headers gave.",
     "qiancheng_cdn_age_seconds": "Age of the latest cached response (Age header), seconds.",
     "qiancheng_cdn_info": "Constant 1, labelled with the cache status and serving edge of the latest test that reported them.",
+    "qiancheng_path_hops": "Hops to the destination in the latest path trace (to the last hop that answered when it was not reached).",
+    "qiancheng_path_destination_reached": "1 if the latest path trace reached its destination, else 0.",
+    "qiancheng_path_rtt_seconds": "Median round trip to the destination over the latest path trace, seconds.",
+    "qiancheng_path_loss_ratio": "Share of the latest path trace's probes to the destination's TTL left unanswered: path loss, 0..1.",
+    "qiancheng_path_rate_limited_hops": "Hops of the latest path trace whose missing replies do not persist beyond them (ICMP rate limiting, not loss).",
+    "qiancheng_path_changes_total": "Path traces whose hop list differed from the probe's previous trace of the target that reached it.",
+    "qiancheng_path_info": "Constant 1, labelled with the fingerprint of the latest traced path.",
+    "qiancheng_path_hop_rtt_seconds": "Median round trip to each hop (TTL, labelled hop, with its address) of the latest path trace, seconds.",
+    "qiancheng_path_hop_loss_ratio": "Share of probes each hop of the latest path trace left unanswered, 0..1 (see qiancheng_path_hop_rate_limited).",
+    "qiancheng_path_hop_rate_limited": "1 if the hop's missing replies do not persist to the hops beyond it: ICMP rate limiting, not path loss.",
+    "qiancheng_path_hops_omitted": "Hops of latest path traces left out of the per-hop metrics by metrics.path_hop_series.",
     "qiancheng_probe_last_seen_timestamp_seconds": "When the collector last received a valid batch from the probe, Unix seconds.",
     "qiancheng_probe_spool_backlog": "Results waiting in the probe's spool when it sent its latest batch.",
     "qiancheng_probe_spool_backlog_bytes": "Bytes of results waiting in the probe's spool when it sent its latest batch.",
@@ -224,6 +258,8 @@ def _check_tables() -> None:
         keys = tuple(k for k, _ in row.extra)
         assert names.setdefault(row.metric, keys) == keys, f"{row.metric}: rows disagree on labels"
     for metric, _, _ in PROBE_STATS:
+        assert metric in HELP, f"{metric} needs a HELP line"
+    for metric, _ in HOP_GAUGES:
         assert metric in HELP, f"{metric} needs a HELP line"
     for info in INFO_GAUGES:
         assert info.metric in HELP, f"{info.metric} needs a HELP line"
@@ -261,12 +297,14 @@ class LiveCollector(Collector):
     """A prometheus_client collector over a LiveState; `clock` gives UTC ns (for the series TTL)."""
 
     def __init__(self, state: LiveState, clock: Callable[[], int] = wall_ns, freshness: PlanFreshness | None = None,
-                 series: bool = True) -> None:  # fmt: skip
-        """`series` False leaves the per-test families out: /metrics writes those itself (collector/exposition.py)."""
+                 series: bool = True, hop_series: int = DEFAULT_HOP_SERIES) -> None:  # fmt: skip
+        """`series` False leaves the per-test families out: /metrics writes those itself (collector/exposition.py).
+        `hop_series` bounds the per-hop series of the latest paths (metrics.path_hop_series)."""
         self._state = state
         self._clock = clock
         self._freshness = freshness
         self._with_series = series
+        self._hop_series = hop_series
 
     def describe(self) -> list[Metric]:
         # families come and go with the data; nothing to check for clashes at registration
@@ -282,6 +320,7 @@ class LiveCollector(Collector):
             yield from self._figure_families(series, FIGURE_COUNTERS, counter=True)
             yield from self._info_families(series)
             yield self._rtt_family(series)
+        yield from self._hop_families(series)
         yield from self._probe_families()
         yield from self._ingest_families()
         yield GaugeMetricFamily("qiancheng_series", HELP["qiancheng_series"], value=len(series))
@@ -348,6 +387,29 @@ class LiveCollector(Collector):
                 family.add_metric(list(one.labels), _histogram_buckets(one.rtt), one.rtt.total)
         return family
 
+    def _hop_families(self, series: Sequence[Series]) -> Iterator[Metric]:
+        """The hops of each path series' latest trace (flow 0), in series order, up to the bound: a few
+        hundred thousand hop series would cost Prometheus more than they tell; what is left out is counted."""
+        families = [GaugeMetricFamily(metric, HELP[metric], labels=LABELS + HOP_LABELS) for metric, _ in HOP_GAUGES]
+        shown = omitted = 0
+        for one in series:
+            if one.labels[-1] not in _PATH_KINDS or one.latest is None:
+                continue
+            for hop in one.latest.hops:
+                if hop.flow:
+                    continue
+                if shown >= self._hop_series:
+                    omitted += 1
+                    continue
+                shown += 1
+                labels = one.labels + (str(hop.ttl), hop.address or "")
+                for family, (_, attribute) in zip(families, HOP_GAUGES):
+                    value = getattr(hop, attribute)
+                    if value is not None:
+                        family.add_metric(labels, float(value))
+        yield from families
+        yield GaugeMetricFamily("qiancheng_path_hops_omitted", HELP["qiancheng_path_hops_omitted"], value=omitted)
+
     def _probe_families(self) -> Iterator[Metric]:
         probes = sorted(self._state.probes.items())
         seen = GaugeMetricFamily(
@@ -411,11 +473,12 @@ class LiveCollector(Collector):
 
 
 def build_registry(state: LiveState, clock: Callable[[], int] = wall_ns, process: bool = True,
-                   freshness: PlanFreshness | None = None, series: bool = True) -> CollectorRegistry:  # fmt: skip
+                   freshness: PlanFreshness | None = None, series: bool = True,
+                   hop_series: int = DEFAULT_HOP_SERIES) -> CollectorRegistry:  # fmt: skip
     """A fresh registry exposing `state` (and this process's CPU and memory when `process`; without the
     per-test families when not `series`)."""
     registry = CollectorRegistry()
-    registry.register(LiveCollector(state, clock, freshness, series))
+    registry.register(LiveCollector(state, clock, freshness, series, hop_series))
     if process:
         ProcessCollector(registry=registry)
     return registry

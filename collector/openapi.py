@@ -10,13 +10,16 @@ from qiancheng.core.enrollment import ENROLL_PATH, Enrolled, EnrollRequest
 from qiancheng.core.plan_wire import PLAN_PATH, PLAN_VERSION_PATTERN, Plan
 from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, PLAN_HEADER, RESULTS_PATH, Batch
 
-from .bodies import Ack, ErrorBody, Health, LatestResponse, ProbesResponse, SlaResponse
+from .bodies import Ack, ErrorBody, Health, LatestResponse, PathsResponse, ProbesResponse, SlaResponse
 from .fleet import DEFAULT_STALE_AFTER_SECONDS, STATES
 
 __all__ = ["OPENAPI_PATH", "LATEST_PATH", "PROBES_PATH", "SLA_PATH", "HEALTH_PATH", "METRICS_PATH", "openapi_document"]
 
 OPENAPI_PATH: Final = "/api/v1/openapi.json"
 LATEST_PATH: Final = "/api/v1/latest"
+PATHS_PATH: Final = "/api/v1/paths"
+#: the most path changes GET /api/v1/paths returns per (probe, target)
+MAX_PATH_CHANGES: Final = 1000
 PROBES_PATH: Final = "/api/v1/probes"
 SLA_PATH: Final = "/api/v1/sla"
 HEALTH_PATH: Final = "/healthz"
@@ -66,6 +69,33 @@ def _sla_get(schema: dict[str, Any]) -> dict[str, Any]:
             "200": {"description": "The latest pass.", "content": {"application/json": {"schema": schema}}},
             "400": _error("An unknown query parameter, or a profile sla.yaml does not define."),
             "404": _error("SLA judgement is not configured (sla.profiles in the collector config)."),
+        },
+    }
+
+
+def _paths_get(schema: dict[str, Any]) -> dict[str, Any]:
+    parameters = [
+        {"name": "probe", "in": "query", "required": False, "schema": {"type": "string"}, "description": "only this probe"},
+        {"name": "target", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "only this target name"},
+        {"name": "changes", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PATH_CHANGES, "default": 20},
+         "description": "path changes to return per (probe, target), newest first"},
+    ]
+    return {
+        "operationId": "getPaths",
+        "summary": "The latest traced path of each (probe, target), hop by hop, and its history of changes",
+        "description": (
+            "From the store: the latest `path` result of each (probe, target) with its hops (per flow and TTL: "
+            "address, probes sent and answered, loss, RTT last/median/best/worst, rate limiting, MPLS labels, "
+            "AS number), and the latest path changes, each with the fingerprints before and after. With the "
+            "influx backend the changes are those stored since the collector started (InfluxDB holds all)."
+        ),
+        "parameters": parameters,
+        "responses": {
+            "200": {"description": "From the store.", "content": {"application/json": {"schema": schema}}},
+            "400": _error("`changes` is not an integer within 0..1000."),
+            "503": _error("The store cannot be read."),
         },
     }
 
@@ -156,8 +186,9 @@ def _enroll_post(request: dict[str, Any], answer: dict[str, Any]) -> dict[str, A
 
 def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
     """The OpenAPI 3.1 document (a JSON-ready dict) for this collector's limits."""
-    (batch, ack, _, health, latest, sla, probes, plan, enroll, enrolled), components = msgspec.json.schema_components(
-        (Batch, Ack, ErrorBody, Health, LatestResponse, SlaResponse, ProbesResponse, Plan, EnrollRequest, Enrolled),
+    (batch, ack, _, health, latest, sla, probes, plan, enroll, enrolled, paths), components = msgspec.json.schema_components(
+        (Batch, Ack, ErrorBody, Health, LatestResponse, SlaResponse, ProbesResponse, Plan, EnrollRequest, Enrolled,
+         PathsResponse),
         ref_template=_REF,
     )
     results_post = {
@@ -225,7 +256,7 @@ def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
         "info": {
             "title": "qiancheng collector",
             "version": version,
-            "description": "Ingest of probe results, test plans, the fleet, the latest results, SLA judgement, health, and Prometheus metrics.",
+            "description": "Ingest of probe results, test plans, the fleet, the latest results, traced paths, SLA judgement, health, and Prometheus metrics.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "paths": {
@@ -241,6 +272,7 @@ def openapi_document(version: str, max_body_bytes: int) -> dict[str, Any]:
                     },
                 }
             },
+            PATHS_PATH: {"get": _paths_get(paths)},
             PLAN_PATH: {"get": _plan_get(plan)},
             ENROLL_PATH: {"post": _enroll_post(enroll, enrolled)},
             PROBES_PATH: {"get": _probes_get(probes)},

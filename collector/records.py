@@ -14,7 +14,8 @@ import msgspec
 
 from qiancheng.core.result import Result
 
-__all__ = ["BatchOutcome", "StoredResult", "ProbeRecord", "SeriesKey", "WindowRow", "SeriesWindow", "RegistryEntry"]
+__all__ = ["BatchOutcome", "StoredResult", "ProbeRecord", "PathChange", "SeriesKey", "WindowRow", "SeriesWindow",
+           "RegistryEntry", "path_change"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,25 @@ class StoredResult(msgspec.Struct, frozen=True):
     isp: str
     received_ns: int
     result: Result
+
+
+class PathChange(msgspec.Struct, frozen=True):
+    """A traced path that differed from the probe's previous one to the same target (in JSON: `probe`):
+    when (the trace's start, UTC ns), and the fingerprints before and after."""
+
+    probe_id: str = msgspec.field(name="probe")
+    target: str
+    start_ns: int
+    fingerprint: str
+    previous_fingerprint: str
+
+
+def path_change(probe_id: str, result: Result) -> PathChange | None:
+    """The path change `result` reports, if it is a `path` result that reports one."""
+    if result.kind != "path" or not result.figures.get("path_changes"):
+        return None
+    return PathChange(probe_id, result.target.name, result.start_ns, result.info.get("fingerprint", ""),
+                      result.info.get("previous_fingerprint", ""))
 
 
 class ProbeRecord(msgspec.Struct, frozen=True):

@@ -80,6 +80,7 @@ class Dashboard:
     variables: Sequence[str]
     time_from: str = "now-6h"
     panels: list[Json] = field(default_factory=list)
+    annotations: list[Json] = field(default_factory=list)
     _x: int = 0
     _y: int = 0
     _row_height: int = 0
@@ -111,7 +112,7 @@ class Dashboard:
             "tags": ["qiancheng"], "schemaVersion": 39, "version": 1, "editable": True,
             "time": {"from": self.time_from, "to": "now"}, "refresh": "30s", "timezone": "utc",
             "templating": {"list": _variables(self.variables)},
-            "annotations": {"list": []}, "panels": self.panels,
+            "annotations": {"list": self.annotations}, "panels": self.panels,
         }  # fmt: skip
 
 
@@ -262,7 +263,7 @@ def city_scorecard() -> Dashboard:
 def target_detail() -> Dashboard:
     d = Dashboard("qiancheng-target-detail", "qiancheng · Target detail",
                   "One target seen from its probes: latency distribution over time (SmokePing-style), loss, "
-                  "HTTP phases, throughput and latency under load.", ("city", "isp", "probe", "target_class", "target"))  # fmt: skip
+                  "HTTP phases, throughput, latency under load, and the path hop by hop.", ("city", "isp", "probe", "target_class", "target"))  # fmt: skip
     d.add("heatmap", "Latency distribution (every RTT sample)", [_query(
         f"sum by (le) (increase(qiancheng_rtt_seconds_bucket{{{TEST}}}[$__rate_interval]))", "{{le}}", heatmap=True)],
           width=24, height=10, unit="s",
@@ -310,6 +311,39 @@ def target_detail() -> Dashboard:
     d.add("table", "CDN cache status and edge (latest test)", [_query(
         f"qiancheng_cdn_info{{{TEST}}}", instant=True, table=True)], width=24, height=6,
           transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True, "job": True, "Value": True}}}])  # fmt: skip
+    hidden = {name: True for name in ("Time", "__name__", "job", "instance", "city", "isp", "kind", "target_class")}
+    d.add("table", "Path to the target, hop by hop (latest trace)", [
+        _query(f"qiancheng_path_hop_rtt_seconds{{{TEST}}}", instant=True, table=True),
+        _query(f"qiancheng_path_hop_loss_ratio{{{TEST}}}", instant=True, table=True),
+        _query(f"qiancheng_path_hop_rate_limited{{{TEST}}}", instant=True, table=True),
+    ], width=24, height=9,
+          description="Each hop of the probe's latest trace (kind path), as mtr shows it: the address that answered, "
+                      "its median RTT and the share of probes it left unanswered. Loss at a hop that does not "
+                      "persist to the later hops is ICMP rate limiting (rate limited = 1), not path loss. "
+                      "GET /api/v1/paths has every hop and the history of changes.",
+          transformations=[
+              {"id": "merge", "options": {}},
+              {"id": "organize", "options": {"excludeByName": hidden, "indexByName": {"probe": 0, "target": 1, "hop": 2, "address": 3},
+                                             "renameByName": {"Value #A": "median RTT", "Value #B": "loss", "Value #C": "rate limited"}}},
+              {"id": "sortBy", "options": {"sort": [{"field": "hop"}]}},
+          ],
+          defaults={"custom": {"align": "auto"}})  # fmt: skip
+    d.panels[-1]["fieldConfig"]["overrides"] = [
+        {"matcher": {"id": "byName", "options": "median RTT"}, "properties": [{"id": "unit", "value": "s"}]},
+        {"matcher": {"id": "byName", "options": "loss"}, "properties": [{"id": "unit", "value": "percentunit"}]},
+        {"matcher": {"id": "byName", "options": "hop"}, "properties": [{"id": "unit", "value": "none"}]},
+    ]
+    d.add("timeseries", "Path length and changes", [
+        _query(f"qiancheng_path_hops{{{TEST}}}", "hops {{probe}} → {{target}}"),
+        _query(f"increase(qiancheng_path_changes_total{{{TEST}}}[$__rate_interval])", "changes {{probe}} → {{target}}"),
+    ], width=24, height=6, unit="short",
+          description="Hops to the target in each probe's latest trace, and path changes (a trace whose hop list "
+                      "differs from the previous one); changes also mark the other graphs.")  # fmt: skip
+    d.annotations.append({
+        "name": "Path changes", "enable": True, "iconColor": "orange", "datasource": DATASOURCE,
+        "expr": f"increase(qiancheng_path_changes_total{{{TEST}}}[2m]) > 0", "step": "60s",
+        "titleFormat": "path changed", "textFormat": "{{probe}} → {{target}}", "tagKeys": "probe,target",
+    })  # fmt: skip
     return d
 
 

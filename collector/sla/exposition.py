@@ -8,6 +8,7 @@ from typing import Final
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .blame import Blamer
 from .judge import Judge, window_name
 
 __all__ = ["SLA_HELP", "SERIES_LABELS", "SlaCollector"]
@@ -20,6 +21,7 @@ SLA_HELP: Final = {
     "qiancheng_sla_breach": "1 while an SLA objective is breached (hysteresis applied), else 0; absent when there is no data.",
     "qiancheng_sla_no_data": "1 when an SLA objective had no data in its judging window (neither pass nor breach).",
     "qiancheng_sla_breach_since_timestamp_seconds": "When the objective's current status (ok, breach, no data) began, Unix seconds.",
+    "qiancheng_sla_blame": "Constant 1 while a breach is blamed on a hop of the target's traced path: its segment (probe_side, transit, target_side), TTL, address, and whether loss or delay pointed at it.",
     "qiancheng_sla_threshold": "Threshold of an SLA objective, base units; bound is max (ceiling) or min (floor).",
     "qiancheng_sla_judgement_seconds": "How long the latest SLA judgement pass took, reading the store included, seconds.",
     "qiancheng_sla_judgement_timestamp_seconds": "When the latest SLA judgement pass ran, Unix seconds.",
@@ -29,8 +31,9 @@ SLA_HELP: Final = {
 class SlaCollector(Collector):
     """A prometheus_client collector over a Judge's latest pass."""
 
-    def __init__(self, judge: Judge) -> None:
+    def __init__(self, judge: Judge, blamer: Blamer | None = None) -> None:
         self._judge = judge
+        self._blamer = blamer
 
     def describe(self) -> list[Metric]:
         return []
@@ -42,6 +45,8 @@ class SlaCollector(Collector):
                                       labels=objective_labels + ("window",))  # fmt: skip
         breach = GaugeMetricFamily("qiancheng_sla_breach", SLA_HELP["qiancheng_sla_breach"], labels=objective_labels)
         no_data = GaugeMetricFamily("qiancheng_sla_no_data", SLA_HELP["qiancheng_sla_no_data"], labels=objective_labels)
+        blamed = GaugeMetricFamily("qiancheng_sla_blame", SLA_HELP["qiancheng_sla_blame"],
+                                   labels=objective_labels + ("segment", "hop", "address", "reason"))  # fmt: skip
         since = GaugeMetricFamily("qiancheng_sla_breach_since_timestamp_seconds",
                                   SLA_HELP["qiancheng_sla_breach_since_timestamp_seconds"],
                                   labels=objective_labels + ("status",))  # fmt: skip
@@ -58,7 +63,10 @@ class SlaCollector(Collector):
             else:
                 breach.add_metric(labels, 1.0 if state.status == "breach" else 0.0)
             since.add_metric(labels + (state.status,), state.since_ns / 1e9)
-        yield from (indicator, breach, no_data, since)
+            found = self._blamer.blame_of(judgement) if self._blamer is not None else None
+            if found is not None:
+                blamed.add_metric(labels + (found.segment, str(found.hop), found.address or "", found.reason), 1.0)
+        yield from (indicator, breach, no_data, since, blamed)
         threshold = GaugeMetricFamily("qiancheng_sla_threshold", SLA_HELP["qiancheng_sla_threshold"],
                                       labels=("profile", "indicator", "bound"))  # fmt: skip
         for profile in judge.profiles.profiles.values():

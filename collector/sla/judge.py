@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from qiancheng.core.logs import kv
@@ -138,10 +138,12 @@ class Judge:
         return Judgement(key, profile, objective, tuple(values), state)
 
     async def run(
-        self, source: WindowSource, clock: Callable[[], int], interval: float, complete_since: Callable[[], int] = lambda: 0
+        self, source: WindowSource, clock: Callable[[], int], interval: float, complete_since: Callable[[], int] = lambda: 0,
+        after_pass: Callable[[list[Judgement], int], Awaitable[None]] | None = None,
     ) -> None:
         """Judge every `interval` seconds until cancelled; a failed read is logged and the pass skipped.
-        `complete_since()`: from when the source holds every result (UTC ns; 0: a store holds all)."""
+        `complete_since()`: from when the source holds every result (UTC ns; 0: a store holds all);
+        `after_pass` is awaited with each pass's judgements (the breaches' blame)."""
         while True:
             started = time.monotonic()
             now_ns = clock()
@@ -153,6 +155,8 @@ class Judge:
                 since_ns = complete_since()  # after the read: a cache write that failed during it counts
                 # pure Python over every sample: in a thread the loop keeps its turns (GIL switch interval)
                 judgements = await asyncio.get_running_loop().run_in_executor(None, self.judge, data, now_ns, since_ns)
+                if after_pass is not None:
+                    await after_pass(judgements, now_ns)
                 self.pass_seconds = time.monotonic() - started
                 log.debug(kv("sla_judged", series=len(data), objectives=len(judgements),
                              seconds=round(self.pass_seconds, 4)))  # fmt: skip

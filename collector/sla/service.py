@@ -23,22 +23,25 @@ from ..config import CollectorConfig
 from ..ingest import INGEST_KEY
 from ..openapi import SLA_PATH
 from ..store import STORE_KEY, Store, StoreError, WindowSource
+from ..store.sqlite import SqliteStore
+from .blame import Blame, Blamer, PathHistory
 from .cache import CacheCollector, WindowCache
 from .exposition import SlaCollector
 from .judge import Judge, Judgement, window_name
 from .profiles import load_sla_profiles
 
-__all__ = ["SLA_KEY", "SLA_FILTERS", "install_sla", "objective_body"]
+__all__ = ["SLA_KEY", "BLAMER_KEY", "SLA_FILTERS", "install_sla", "objective_body"]
 
 log = logging.getLogger("qiancheng.collector.sla")
 
 SLA_KEY = web.AppKey("sla", Judge)
+BLAMER_KEY = web.AppKey("sla_blamer", Blamer)
 #: query parameters of GET /api/v1/sla, each an exact match on the objective's label
 SLA_FILTERS: Final = ("city", "isp", "probe", "target", "profile")
 
 
-def objective_body(judgement: Judgement) -> SlaObjective:
-    """The JSON form of one judgement."""
+def objective_body(judgement: Judgement, blame: Blame | None = None) -> SlaObjective:
+    """The JSON form of one judgement (with its breach's blame, if any)."""
     key, objective, state = judgement.series, judgement.objective, judgement.state
     return SlaObjective(
         **key.labels(), profile=judgement.profile.name, indicator=objective.name, measures=objective.indicator.name,
@@ -46,6 +49,7 @@ def objective_body(judgement: Judgement) -> SlaObjective:
         status=state.status, since_ns=state.since_ns, bad_streak=state.bad_streak, good_streak=state.good_streak,
         windows=[SlaWindow(window=window_name(w.seconds), seconds=w.seconds, value=w.value, results=w.results)
                  for w in judgement.windows],
+        blame=blame,
     )  # fmt: skip
 
 
@@ -62,8 +66,9 @@ async def _get_sla(request: web.Request) -> web.Response:
     profile = wanted.get("profile")
     if profile is not None and profile not in judge.profiles.profiles:
         return _refuse(400, f"unknown profile {profile!r} (defined: {', '.join(judge.profiles.profiles)})", "profile")
+    blamer = request.app[BLAMER_KEY]
     objectives = [
-        objective_body(j)
+        objective_body(j, blamer.blame_of(j))
         for j in judge.judgements
         if all({**j.series.labels(), "profile": j.profile.name}[name] == value for name, value in wanted.items())
     ]
@@ -81,6 +86,11 @@ def _store_windows(store: Store) -> WindowSource:
     if not isinstance(store, WindowSource):
         raise StoreError(f"the {store.backend} store cannot serve SLA windows and no sla.cache is set")
     return store
+
+
+def _path_history(store: Store) -> PathHistory | None:
+    """The store, when it keeps traced paths to compare (SQLite); else no breach is blamed."""
+    return store if isinstance(store, SqliteStore) else None
 
 
 @contextlib.asynccontextmanager
@@ -108,8 +118,10 @@ def install_sla(app: web.Application, config: CollectorConfig, registry: Collect
         app.router.add_get(SLA_PATH, _not_configured)
         return
     judge = Judge(load_sla_profiles(sla.profiles), [float(w) for w in sla.windows], sla.open_after, sla.close_after)
+    blamer = Blamer(None, judge.windows[0], sla.blame_share, sla.blame_edge_hops)
     app[SLA_KEY] = judge
-    registry.register(SlaCollector(judge))
+    app[BLAMER_KEY] = blamer
+    registry.register(SlaCollector(judge, blamer))
 
     async def judging(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -119,11 +131,13 @@ def install_sla(app: web.Application, config: CollectorConfig, registry: Collect
             if sla.cache:  # the store (InfluxDB) cannot serve windows: a cache of the recent results does
                 cache = await stack.enter_async_context(_window_cache(app, sla.cache, max(sla.windows), registry, clock))
                 source, reads = cache, cache.path
+                blamer.history = cache.store
                 complete_since = lambda: cache.complete_since_ns  # noqa: E731 - what the cache vouches for
                 tasks.append(asyncio.create_task(cache.run_pruning(clock), name="sla-cache-prune"))
             else:
                 source, reads = _store_windows(app[STORE_KEY]), "store"
-            tasks.append(asyncio.create_task(judge.run(source, clock, float(sla.interval), complete_since),
+                blamer.history = _path_history(app[STORE_KEY])
+            tasks.append(asyncio.create_task(judge.run(source, clock, float(sla.interval), complete_since, blamer.update),
                                              name="sla-judge"))  # fmt: skip
             log.info(kv("sla_started", profiles=len(judge.profiles.profiles), file=sla.profiles, reads=reads,
                         windows=",".join(window_name(w) for w in judge.windows), interval=float(sla.interval)))  # fmt: skip

@@ -31,6 +31,11 @@ class SlaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: a breach opens after this many consecutive bad windows, and closes after `close_after` good ones
     open_after: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     close_after: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    #: a breach is blamed on the first hop whose median RTT rose by more than this share of the
+    #: destination's rise, against the target's trace from before (docs/sla.md, "Where a breach lies")
+    blame_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    #: how many hops at each end are the probe's side (the first) and the target's side (the last)
+    blame_edge_hops: Annotated[int, msgspec.Meta(ge=0, le=16)] = 2
 
 
 def check_sla_section(sla: SlaConfig, store_backend: str, store_path: str, document: YamlDocument) -> SlaConfig:

@@ -19,7 +19,7 @@ from qiancheng.core.errors import QianchengError
 from qiancheng.core.wire import Batch
 
 from ..config import StoreConfig
-from ..records import BatchOutcome, ProbeRecord, SeriesKey, SeriesWindow, StoredResult, WindowRow
+from ..records import BatchOutcome, PathChange, ProbeRecord, SeriesKey, SeriesWindow, StoredResult, WindowRow
 
 __all__ = [
     "StoreError",
@@ -66,6 +66,11 @@ class Store(Protocol):
 
     async def probes(self, probe_id: str | None = None) -> list[ProbeRecord]:
         """Every probe that ever stored a batch (or the one asked for)."""
+        ...
+
+    async def path_changes(self, probe_id: str | None = None, target: str | None = None,
+                           limit: int = 20) -> list[PathChange]:  # fmt: skip
+        """The latest `limit` path changes of each (probe, target), optionally filtered, newest first."""
         ...
 
     async def count(self, probe_id: str | None = None) -> int:

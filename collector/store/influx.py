@@ -14,8 +14,9 @@ Idempotence, in two layers:
   acknowledged without being written again and counted once in /metrics. Stores that keep duplicate
   samples instead of overwriting (VictoriaMetrics without `-dedup.minScrapeInterval`) rely on it.
 
-Reads: the collector's live views (`latest`, `probes`) are kept in memory from what this process
-stored; after a restart they fill again as probes push. History is read from InfluxDB itself.
+Reads: the collector's live views (`latest`, `probes`, the recent `path_changes`) are kept in memory
+from what this process stored; after a restart they fill again as probes push. History is read from
+InfluxDB itself (path changes: the `path_changes` field of `qiancheng_result`, kind `path`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from qiancheng.core.result import Result
 from qiancheng.core.wire import Batch
 
 from ..config import InfluxConfig
+from ..records import PathChange, path_change
 from . import BatchOutcome, ProbeRecord, StoredResult, StoreError
 from .lineprotocol import batch_lines
 
@@ -48,6 +50,8 @@ log = logging.getLogger("qiancheng.collector.store.influx")
 RECENT_BATCHES: Final = 256
 #: seqs (with their start times) remembered per probe; about 100 bytes each
 RECENT_SEQS: Final = 4096
+#: path changes remembered per (probe, target) for GET /api/v1/paths
+RECENT_PATH_CHANGES: Final = 100
 
 
 @dataclass(slots=True)
@@ -100,6 +104,7 @@ class InfluxStore:
         self._write_api = client.write_api()
         self._memory: dict[str, _ProbeMemory] = {}
         self._latest: dict[tuple[str, str, str], StoredResult] = {}
+        self._path_changes: dict[tuple[str, str], list[PathChange]] = {}
         self._closed = False
 
     @classmethod
@@ -150,6 +155,12 @@ class InfluxStore:
             current = self._latest.get(key)
             if current is None or (result.start_ns, result.seq) > (current.result.start_ns, current.result.seq):
                 self._latest[key] = StoredResult(batch.probe_id, batch.city, batch.isp, received_ns, result)
+            change = path_change(batch.probe_id, result)
+            if change is not None:
+                changes = self._path_changes.setdefault((batch.probe_id, result.target.name), [])
+                changes.append(change)
+                changes.sort(key=lambda c: c.start_ns, reverse=True)  # a spool replays late ones too
+                del changes[RECENT_PATH_CHANGES:]
         before = memory.record
         memory.record = ProbeRecord(
             probe_id=batch.probe_id, city=batch.city, isp=batch.isp, labels=dict(batch.labels),
@@ -167,6 +178,16 @@ class InfluxStore:
             if (probe_id is None or key[0] == probe_id)
             and (target is None or key[1] == target)
             and (kind is None or key[2] == kind)
+        ]
+
+    async def path_changes(self, probe_id: str | None = None, target: str | None = None,
+                           limit: int = 20) -> list[PathChange]:  # fmt: skip
+        """The newest `limit` path changes of each (probe, target) stored since this collector started."""
+        return [
+            change
+            for key, changes in sorted(self._path_changes.items())
+            if (probe_id is None or key[0] == probe_id) and (target is None or key[1] == target)
+            for change in changes[:limit]
         ]
 
     async def probes(self, probe_id: str | None = None) -> list[ProbeRecord]:

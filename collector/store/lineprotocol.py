@@ -10,6 +10,12 @@ Schema (docs/metrics.md, "InfluxDB schema"):
   kind`; fields: every figure (float, base units), `duration_seconds`, `success` (1i/0i), `seq`
   (integer), `error` (string, failures only). A point is identified by measurement, tags and time, so
   writing the same result twice writes the same point, which InfluxDB overwrites rather than doubles.
+  A `path` result also carries `fingerprint` and, when its path changed, `previous_fingerprint` (strings).
+- `qiancheng_path_hop`, time = the `path` result's `start_ns`; the result's tags plus `flow` and `ttl`;
+  fields `address` (string, absent for a hop that never answered), `sent`, `received` (integers),
+  `loss_ratio`, `rtt_min_seconds`, `rtt_median_seconds`, `rtt_max_seconds`, `rtt_last_seconds`,
+  `rate_limited` (1i/0i), `asn` (integer), `unreachable` and `mpls` (strings, labels joined by `/`),
+  when the hop has them.
 - `qiancheng_probe`, time = when the collector stored the batch; tags `probe, city, isp`; fields: the
   probe's own `stats` (spool backlog, drops, ...) and `results` (integer, results in the batch).
 """
@@ -26,6 +32,7 @@ from qiancheng.core.wire import Batch
 
 __all__ = [
     "RESULT_MEASUREMENT",
+    "HOP_MEASUREMENT",
     "PROBE_MEASUREMENT",
     "RESERVED_FIELDS",
     "result_line",
@@ -34,6 +41,7 @@ __all__ = [
 ]
 
 RESULT_MEASUREMENT: Final = "qiancheng_result"
+HOP_MEASUREMENT: Final = "qiancheng_path_hop"
 PROBE_MEASUREMENT: Final = "qiancheng_probe"
 #: fields every result point has; a figure of the same name is shadowed by them
 RESERVED_FIELDS: Final = ("duration_seconds", "success", "seq", "error")
@@ -83,12 +91,40 @@ def _series(probe: str, city: str, isp: str, result: Result) -> str:
     return RESULT_MEASUREMENT + tags
 
 
+#: info of a `path` result kept as string fields of its point
+_PATH_STRINGS: Final = ("fingerprint", "previous_fingerprint")
+
+
 def _result_point(series: str, result: Result) -> str:
     floats = {name: value for name, value in result.figures.items() if name not in RESERVED_FIELDS}
     floats["duration_seconds"] = result.duration_seconds
     strings = {"error": result.error} if result.error else {}
+    if result.kind == "path":
+        strings.update((key, result.info[key]) for key in _PATH_STRINGS if key in result.info)
     fields = _fields(floats, {"success": int(result.success), "seq": result.seq}, strings)
     return f"{series} {fields} {result.start_ns}"
+
+
+def _hop_points(probe: str, city: str, isp: str, result: Result) -> list[str]:
+    """The `qiancheng_path_hop` points of a path result: one per flow and TTL, at the result's start."""
+    target = result.target
+    base = (("probe", probe), ("city", city), ("isp", isp), ("target", target.name),
+            ("target_class", target.target_class), ("kind", result.kind))  # fmt: skip
+    lines = []
+    for hop in result.hops:
+        tags = _tags((*base, ("flow", str(hop.flow)), ("ttl", str(hop.ttl))))
+        floats = {"loss_ratio": hop.loss_ratio}
+        for name in ("rtt_min_seconds", "rtt_median_seconds", "rtt_max_seconds", "rtt_last_seconds"):
+            value = getattr(hop, name)
+            if value is not None:
+                floats[name] = value
+        integers = {"sent": hop.sent, "received": hop.received, "rate_limited": int(hop.rate_limited)}
+        if hop.asn is not None:
+            integers["asn"] = hop.asn
+        strings = {name: value for name, value in (("address", hop.address), ("unreachable", hop.unreachable),
+                                                   ("mpls", "/".join(map(str, hop.mpls)))) if value}  # fmt: skip
+        lines.append(f"{HOP_MEASUREMENT}{tags} {_fields(floats, integers, strings)} {result.start_ns}")
+    return lines
 
 
 def result_line(probe: str, city: str, isp: str, result: Result) -> str:
@@ -113,5 +149,7 @@ def batch_lines(batch: Batch, results: Iterable[Result], received_ns: int) -> st
         if prefix is None:
             prefix = series[key] = _series(batch.probe_id, batch.city, batch.isp, result)
         lines.append(_result_point(prefix, result))
+        if result.hops:
+            lines.extend(_hop_points(batch.probe_id, batch.city, batch.isp, result))
     lines.append(probe_line(batch, received_ns))
     return "\n".join(lines)

@@ -24,18 +24,28 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import Hop, Result, Target
 from qiancheng.core.sqlite_thread import SqliteThread
 from qiancheng.core.wire import Batch
 
-from ..records import BatchOutcome, ProbeRecord, SeriesKey, SeriesWindow, StoredResult, WindowRow
+from ..records import (
+    BatchOutcome,
+    PathChange,
+    ProbeRecord,
+    SeriesKey,
+    SeriesWindow,
+    StoredResult,
+    WindowRow,
+    path_change,
+)
 from . import StoreError
 
 __all__ = ["SqliteStore", "SCHEMA_VERSION", "SERIES_SQL", "WINDOW_SQL"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 1
+#: 2 added results.hops and the path_changes table (a version-1 database is upgraded in place)
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -66,6 +76,7 @@ CREATE TABLE IF NOT EXISTS results (
     info             TEXT    NOT NULL,  -- JSON object
     samples          TEXT    NOT NULL,  -- JSON array, seconds, null for a lost packet
     received_ns      INTEGER NOT NULL,  -- when the collector stored it (late results differ a lot)
+    hops             TEXT    NOT NULL DEFAULT '[]',  -- JSON array of a path result's hops (core.result.Hop)
     PRIMARY KEY (probe_id, seq)
 );
 -- one series over time (SLA windows, history of a target)
@@ -80,6 +91,17 @@ CREATE TABLE IF NOT EXISTS latest (
     start_ns    INTEGER NOT NULL,
     seq         INTEGER NOT NULL,
     PRIMARY KEY (probe_id, target_name, kind)
+) WITHOUT ROWID;
+
+-- every traced path that differed from the probe's previous one to the same target, kept with the batch
+CREATE TABLE IF NOT EXISTS path_changes (
+    probe_id             TEXT    NOT NULL,
+    target_name          TEXT    NOT NULL,
+    start_ns             INTEGER NOT NULL,  -- the trace that saw the new path
+    seq                  INTEGER NOT NULL,
+    fingerprint          TEXT    NOT NULL,
+    previous_fingerprint TEXT    NOT NULL,
+    PRIMARY KEY (probe_id, target_name, start_ns, seq)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS probes (
@@ -97,8 +119,19 @@ CREATE TABLE IF NOT EXISTS probes (
 _INSERT_BATCH: Final = "INSERT INTO batches (probe_id, batch_id, received_ns, results, stored) VALUES (?, ?, ?, ?, ?)"
 _INSERT_RESULT: Final = (
     "INSERT OR IGNORE INTO results (probe_id, seq, batch_id, city, isp, kind, target_name, target_address,"
-    " target_class, start_ns, duration_seconds, success, error, detail, figures, info, samples, received_ns)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " target_class, start_ns, duration_seconds, success, error, detail, figures, info, samples, received_ns, hops)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_PATH_CHANGE: Final = (
+    "INSERT OR IGNORE INTO path_changes (probe_id, target_name, start_ns, seq, fingerprint, previous_fingerprint)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+#: the newest ?4 path changes of each (probe, target), optionally filtered, newest first
+PATH_CHANGES_SQL: Final = (
+    "SELECT probe_id, target_name, start_ns, fingerprint, previous_fingerprint FROM ("
+    " SELECT *, ROW_NUMBER() OVER (PARTITION BY probe_id, target_name ORDER BY start_ns DESC, seq DESC) AS n"
+    " FROM path_changes WHERE (?1 IS NULL OR probe_id = ?1) AND (?2 IS NULL OR target_name = ?2))"
+    " WHERE n <= ?3 ORDER BY probe_id, target_name, start_ns DESC, seq DESC"
 )
 _UPSERT_LATEST: Final = (
     "INSERT INTO latest (probe_id, target_name, kind, start_ns, seq) VALUES (?, ?, ?, ?, ?)"
@@ -114,7 +147,7 @@ _UPSERT_PROBE: Final = (
 )
 _RESULT_COLUMNS: Final = (
     "r.probe_id, r.city, r.isp, r.received_ns, r.kind, r.target_name, r.target_address, r.target_class,"
-    " r.start_ns, r.duration_seconds, r.success, r.error, r.detail, r.figures, r.info, r.samples, r.seq"
+    " r.start_ns, r.duration_seconds, r.success, r.error, r.detail, r.figures, r.info, r.samples, r.seq, r.hops"
 )
 #: every (probe, target, kind) whose latest result started at or after ?1, with the labels of that result
 SERIES_SQL: Final = (
@@ -136,6 +169,8 @@ _encode = msgspec.json.Encoder().encode
 _decode_figures = msgspec.json.Decoder(dict[str, float]).decode
 _decode_info = msgspec.json.Decoder(dict[str, str]).decode
 _decode_samples = msgspec.json.Decoder(list[float | None]).decode
+_decode_hops = msgspec.json.Decoder(list[Hop]).decode
+_NO_HOPS: Final = "[]"
 
 
 def _json(value: object) -> str:
@@ -148,13 +183,13 @@ def _result_row(batch: Batch, result: Result, received_ns: int) -> tuple[Any, ..
         batch.probe_id, result.seq, batch.batch_id, batch.city, batch.isp, result.kind,
         target.name, target.address, target.target_class, result.start_ns, result.duration_seconds,
         int(result.success), result.error, result.detail, _json(result.figures), _json(result.info),
-        _json(result.samples), received_ns,
+        _json(result.samples), received_ns, _json(result.hops) if result.hops else _NO_HOPS,
     )  # fmt: skip
 
 
 def _stored_result(row: Sequence[Any]) -> StoredResult:
     (probe_id, city, isp, received_ns, kind, name, address, target_class, start_ns, duration, success,
-     error, detail, figures, info, samples, seq) = row  # fmt: skip
+     error, detail, figures, info, samples, seq, hops) = row  # fmt: skip
     result = Result(
         kind=kind,
         target=Target(name=name, address=address, target_class=target_class),
@@ -166,6 +201,7 @@ def _stored_result(row: Sequence[Any]) -> StoredResult:
         figures=_decode_figures(figures),
         info=_decode_info(info),
         samples=_decode_samples(samples),
+        hops=_decode_hops(hops) if hops != _NO_HOPS else [],
         seq=seq,
     )
     return StoredResult(probe_id=probe_id, city=city, isp=isp, received_ns=received_ns, result=result)
@@ -217,6 +253,8 @@ class SqliteStore:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path!r} has schema {version}, newer than this collector's {SCHEMA_VERSION}")
+            if version == 1:  # results gain their hops; the new table comes with the script below
+                db.execute("ALTER TABLE results ADD COLUMN hops TEXT NOT NULL DEFAULT '[]'")
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
@@ -246,6 +284,10 @@ class SqliteStore:
                 elif stored_start != result.start_ns:
                     conflicts += 1
             db.executemany(_INSERT_RESULT, [_result_row(batch, r, received_ns) for r in new])
+            changes = [(r, change) for r in new if (change := path_change(batch.probe_id, r)) is not None]
+            if changes:
+                db.executemany(_INSERT_PATH_CHANGE, [(c.probe_id, c.target, c.start_ns, r.seq, c.fingerprint,
+                                                      c.previous_fingerprint) for r, c in changes])  # fmt: skip
             db.executemany(
                 _UPSERT_LATEST,
                 [(batch.probe_id, r.target.name, r.kind, r.start_ns, r.seq) for r in _latest_per_series(new)],
@@ -295,6 +337,7 @@ class SqliteStore:
             for probe_id, target, kind in series:
                 removed += db.execute(_PRUNE_SERIES, (probe_id, target, kind, before_ns)).rowcount
             db.execute("DELETE FROM latest WHERE start_ns < ?", (before_ns,))
+            db.execute("DELETE FROM path_changes WHERE start_ns < ?", (before_ns,))
             db.execute("DELETE FROM batches WHERE received_ns < ?", (before_ns,))
             db.execute("COMMIT")
         except BaseException:
@@ -367,6 +410,19 @@ class SqliteStore:
             )
             for p, c, i, labels, stats, seen, batches, results in rows
         ]  # fmt: skip
+
+    async def path_changes(self, probe_id: str | None = None, target: str | None = None,
+                           limit: int = 20) -> list[PathChange]:  # fmt: skip
+        """The newest `limit` path changes of each (probe, target), optionally filtered, newest first."""
+        rows = await self._query(PATH_CHANGES_SQL, (probe_id, target, limit))
+        return [PathChange(*row) for row in rows]
+
+    async def path_before(self, probe_id: str, target: str, before_ns: int) -> StoredResult | None:
+        """The latest `path` result of (probe, target) that started before `before_ns` (the SLA's blame)."""
+        sql = (f"SELECT {_RESULT_COLUMNS} FROM results r WHERE r.probe_id = ? AND r.target_name = ? AND r.kind = 'path'"
+               " AND r.start_ns < ? ORDER BY r.start_ns DESC, r.seq DESC LIMIT 1")  # fmt: skip
+        rows = await self._query(sql, (probe_id, target, before_ns))
+        return _stored_result(rows[0]) if rows else None
 
     async def oldest_batch_ns(self) -> int | None:
         """When the oldest batch still recorded was received (UTC ns); None for a store without batches."""

@@ -170,6 +170,11 @@ class _Tracer:
         for identity in [i for i, sent in self.in_flight.items() if sent.perf_ns < oldest_allowed]:
             del self.in_flight[identity]
 
+    def settled(self) -> list[ProbeRecord]:
+        """The probes answered or given up on: one still awaited is neither a reply nor a loss yet."""
+        waiting = {id(sent.record) for sent in self.in_flight.values()}
+        return [record for record in self.records if id(record) not in waiting]
+
     def destination_ttl(self, flow_index: int) -> int | None:
         reached = [r.ttl for r in self.records if r.flow == flow_index and r.reached]
         return min(reached, default=None)
@@ -345,7 +350,7 @@ async def _run_rounds(tracer: _Tracer, target: Target) -> None:
                 await _sleep_until(loop, next_send)
                 tracer.send(flow_index, ttl, round_index)
                 next_send += float(settings.packet_interval)
-        report_path(target, lambda: aggregate(tracer.records, settings.flows).hops, round_index + 1, settings.rounds)
+        report_path(target, lambda: aggregate(tracer.settled(), settings.flows).hops, round_index + 1, settings.rounds)
     if tracer.in_flight:
         tracer.all_answered = loop.create_future()
         last_sent = max(sent.perf_ns for sent in tracer.in_flight.values())

@@ -28,10 +28,8 @@ logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 from scapy.contrib.mpls import MPLS, ICMPExtension_MPLS
 from scapy.layers.inet import ICMP, IP, TCP, UDP, ICMPExtension_Header, IPerror
 from scapy.layers.inet6 import (
-    ICMPv6DestUnreach,
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
-    ICMPv6TimeExceeded,
     IPerror6,
     IPv6,
 )
@@ -179,10 +177,14 @@ def _parse_icmp4(message: bytes, responder: str) -> Reply | None:
         return Reply(responder, "echo_reply", "icmp", responder, echo.id, 0, echo.seq)
     if message_type not in (3, 11):
         return None
-    quoted = IPerror(message[8:])
+    quote = message[8:]
+    if len(quote) < 20 or quote[0] >> 4 != 4:
+        return None
+    header_bytes = (quote[0] & 0x0F) * 4
+    quoted = IPerror(quote[:header_bytes])  # the header alone: scapy need not guess what follows it
     kind: ReplyKind = "time_exceeded" if message_type == 11 else "unreachable"
     unreachable = _UNREACHABLE_V4.get(code, f"code_{code}") if kind == "unreachable" else None
-    return _quoted_probe(quoted, quoted.dst, quoted.proto, responder, kind, unreachable,
+    return _quoted_probe(quote[header_bytes:], quoted.dst, quoted.proto, responder, kind, unreachable,
                          _mpls(message, message[5] * 4, 4))
 
 
@@ -195,19 +197,18 @@ def _parse_icmp6(message: bytes, responder: str) -> Reply | None:
         return Reply(responder, "echo_reply", "icmp", responder, echo.id, 0, echo.seq)
     if message_type not in (1, 3):
         return None
-    error = ICMPv6TimeExceeded(message) if message_type == 3 else ICMPv6DestUnreach(message)
-    quoted = error.getlayer(IPerror6)
-    if quoted is None:
+    quote = message[8:]
+    if len(quote) < 40 or quote[0] >> 4 != 6:
         return None
+    quoted = IPerror6(quote[:40])  # the fixed header alone (probes carry no extension headers)
     kind: ReplyKind = "time_exceeded" if message_type == 3 else "unreachable"
     unreachable = _UNREACHABLE_V6.get(code, f"code_{code}") if kind == "unreachable" else None
-    return _quoted_probe(quoted, quoted.dst, quoted.nh, responder, kind, unreachable, _mpls(message, message[4] * 8, 6))
+    return _quoted_probe(quote[40:], quoted.dst, quoted.nh, responder, kind, unreachable, _mpls(message, message[4] * 8, 6))
 
 
-def _quoted_probe(quoted: Packet, destination: str, protocol: int, responder: str, kind: ReplyKind,
+def _quoted_probe(transport: bytes, destination: str, protocol: int, responder: str, kind: ReplyKind,
                   unreachable: str | None, mpls: tuple[int, ...]) -> Reply | None:
     """The probe an ICMP error quotes, from its first eight transport bytes (all a router must quote)."""
-    transport = bytes(quoted.payload)
     if len(transport) < 8:
         return None
     if protocol == 17:

@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from qiancheng.collector.registry import hash_token
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import Hop, Result, Target
 from qiancheng.core.stats import train_stats
 from qiancheng.core.wire import Batch, encode_batch
 from tests.conftest import Processes, free_port, script, wait_tcp
@@ -410,14 +410,14 @@ async def test_healthz_and_openapi_describe_the_service(shared: RunningCollector
     assert health.status == 200 and health.body["status"] == "ok" and health.body["store_ok"] is True
     document = (await get(session, shared.url + "/api/v1/openapi.json")).body
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) == {"/api/v1/results", "/api/v1/latest", "/api/v1/plan", "/api/v1/enroll", "/api/v1/probes", "/api/v1/sla", "/healthz", "/metrics",
-                                      "/api/v1/openapi.json"}
+    assert set(document["paths"]) == {"/api/v1/results", "/api/v1/latest", "/api/v1/paths", "/api/v1/plan", "/api/v1/enroll",
+                                      "/api/v1/probes", "/api/v1/sla", "/healthz", "/metrics", "/api/v1/openapi.json"}
     post_op = document["paths"]["/api/v1/results"]["post"]
     assert {"200", "400", "401", "403", "413", "415", "422", "503"} <= set(post_op["responses"])
     assert post_op["security"] == [{"probeToken": []}]
     assert document["components"]["securitySchemes"]["probeToken"]["scheme"] == "bearer"
     schemas = document["components"]["schemas"]
-    assert {"Batch", "Result", "Target", "Ack", "ErrorBody", "Health", "LatestResponse"} <= set(schemas)
+    assert {"Batch", "Result", "Target", "Hop", "Ack", "ErrorBody", "Health", "LatestResponse", "PathsResponse", "Blame"} <= set(schemas)
     assert "class" in schemas["Target"]["properties"]  # the wire name, not the Python attribute
     # every $ref points at a schema that exists
     refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(document))
@@ -446,6 +446,37 @@ async def test_restart_rebuilds_latest_gauges_from_the_store(own: RunningCollect
     assert (await get(session, own.url + "/api/v1/latest")).body == before
     again = await post(session, own, encode_batch(newer))
     assert again.status == 200 and again.body["duplicate"] is True  # idempotence survives the restart
+
+
+async def test_paths_are_served_and_their_hops_survive_a_restart(own: RunningCollector, session: aiohttp.ClientSession) -> None:
+    now = time.time_ns()
+    pool = Target(name="pool", address="198.18.0.14", target_class="cloud_pool")
+
+    def path(seq: int, start_ns: int, second: str, previous: str | None) -> Result:
+        hops = [Hop(ttl=ttl, sent=10, received=10, loss_ratio=0.0, address=address, rtt_median_seconds=0.001 * ttl)
+                for ttl, address in enumerate(["198.18.0.2", second, "198.18.0.14"], 1)]  # fmt: skip
+        info = {"fingerprint": second.replace(".", "")[-16:].rjust(16, "0")}
+        if previous:
+            info["previous_fingerprint"] = previous
+        return Result(kind="path", target=pool, start_ns=start_ns, duration_seconds=3.0, success=True, seq=seq, hops=hops,
+                      figures={"hop_count": 3.0, "path_changes": float(previous is not None), "rtt_median_seconds": 0.003},
+                      info=info)  # fmt: skip
+
+    first = path(1, now - 600 * S, "198.18.0.6", None)
+    moved = path(2, now - 300 * S, "198.18.0.18", first.info["fingerprint"])
+    assert (await post(session, own, encode_batch(fresh(results=[first, moved])))).status == 200
+    for query, status in (("changes=abc", 400), ("changes=1001", 400), ("changes=-1", 400), ("changes=²", 400)):
+        answer = await get(session, own.url + "/api/v1/paths?" + query)
+        assert answer.status == status and answer.body["field"] == "changes", (query, answer.body)
+    assert own.stop() == 0
+    own.start()
+    [entry] = (await get(session, own.url + "/api/v1/paths?target=pool")).body["paths"]
+    assert [hop["address"] for hop in entry["latest"]["result"]["hops"]] == ["198.18.0.2", "198.18.0.18", "198.18.0.14"]
+    assert [c["start_ns"] for c in entry["changes"]] == [moved.start_ns]
+    assert (await get(session, own.url + "/api/v1/paths?target=pool&changes=0")).body["paths"][0]["changes"] == []
+    metrics = (await get(session, own.url + "/metrics")).body
+    # the per-hop gauges are rebuilt from the stored hops
+    assert re.search(r'^qiancheng_path_hop_rtt_seconds\{address="198\.18\.0\.18",.*hop="2".*\} 0\.002$', metrics, re.M)
 
 
 async def test_an_acknowledged_batch_survives_kill_9(own: RunningCollector, session: aiohttp.ClientSession) -> None:

@@ -2,7 +2,8 @@
 by real probes in two cities, and returns data.
 
 Besides the city targets every measurement kind runs: download and upload (with latency under load)
-and STAMP against the responder, and HTTP against a stand-in CDN edge that answers with cache headers.
+and STAMP against the responder, HTTP against a stand-in CDN edge that answers with cache headers, and a
+path trace of loopback (one hop).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def _fed(processes: Processes, tmp_path: Path, cdn_object: str) -> Iterator[Prom
             f"  - {{name: edge-bulk, address: '127.0.0.1:{responder.http_port}', class: edge, kinds: {{download: {bulk}, upload: {bulk}}}}}\n"
             f"  - {{name: edge-stamp, address: '127.0.0.1:{responder.stamp_port}', class: edge, kinds: {{stamp: {{interval: 1s, count: 5, packet_interval: 20ms, timeout: 500ms}}}}}}\n"
             f"  - {{name: cdn-edge, address: '{cdn_object}', class: cdn, kinds: [http]}}\n"
+            "  - {name: edge-path, address: 127.0.0.1, class: edge, kinds: {path: {interval: 2s, rounds: 2, "
+            "round_interval: 100ms, timeout: 500ms, max_ttl: 4}}}\n"
         )
         tokens = {probe: f"token-{probe}-0001" for probe in CITIES}
         collector = JudgingCollector(processes, tmp_path, tokens=tokens)

@@ -85,7 +85,7 @@ def build_chain(lab: Lab, delay_r2_r3: RelaySettings | None = None) -> Chain:
     for pool, six in ((POOL4, False), (POOL6, True)):
         def addr(name: str, end: str) -> str:
             link = links[name]
-            return getattr(link, f"{end}_addr6" if six else f"{end}_addr")
+            return str(getattr(link, f"{end}_addr6" if six else f"{end}_addr"))
 
         def net(name: str) -> str:
             return links[name].network6 if six else links[name].network

@@ -121,13 +121,20 @@ class DelayedLink(Link):
 
     def log(self) -> list[RelayRecord]:
         """The relay's per-packet records up to now (direction a_to_b is what a sent towards b)."""
+        self._command("flush")
+        return read_log(self.log_path)
+
+    def set_delay(self, seconds: float) -> None:
+        """Hold packets arriving from now on `seconds` in each direction (returns once the relay has it)."""
+        self._command(f"delay {seconds!r}\nflush")
+
+    def _command(self, text: str) -> None:
         relay = self.relay
         assert relay is not None and relay.stdin is not None and relay.stdout is not None
-        relay.stdin.write("flush\n")
+        relay.stdin.write(text + "\n")
         relay.stdin.flush()
         if relay.stdout.readline().strip() != "flushed":
-            raise LabError(f"relay did not flush its log (exit status {relay.poll()})")
-        return read_log(self.log_path)
+            raise LabError(f"relay did not answer {text!r} (exit status {relay.poll()})")
 
 
 class Lab:

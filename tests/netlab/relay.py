@@ -11,7 +11,8 @@ a few tens of microseconds of its due time while arrivals are still read as they
 
 Run by tests/netlab/lab.py as `python -m tests.netlab.relay SETTINGS_JSON`; it prints `ready` once both
 devices exist, answers `flushed` to a `flush` line on stdin (the log file is then complete up to that
-moment), and exits when stdin closes, so it never outlives the lab that started it.
+moment), takes `delay SECONDS` lines (a new one-way hold for packets arriving from then on), and exits
+when stdin closes, so it never outlives the lab that started it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import select
 import struct
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -298,6 +299,9 @@ class _Relay:
                     line = os.read(control_fd, 4096)
                     if not line:
                         return  # the lab closed our stdin: it is tearing down
+                    for command in line.split(b"\n"):
+                        if command.startswith(b"delay "):  # packets arriving from now on are held this long
+                            self.settings = replace(self.settings, delay=float(command.split()[1]))
                     self.log.flush()
                     sys.stdout.write("flushed\n" * line.count(b"flush"))
                     sys.stdout.flush()

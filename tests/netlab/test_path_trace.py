@@ -7,20 +7,28 @@ change; with two equal-cost routes every flow keeps one hop list and the flows t
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from tests.conftest import PYTHON
+from qiancheng.core.result import Result
+from qiancheng.core.wire import Batch, encode_batch
+from tests.conftest import PYTHON, Processes
+from tests.integration.helpers import Collector, http_get
 from tests.netlab.chain import Chain, build_chain, mtr_hops, traceroute_hops
 from tests.netlab.conftest import probe_once
 from tests.netlab.lab import Lab, drop_random
 from tests.netlab.relay import RelaySettings
 
 FAMILIES = ("ipv4", "ipv6")
+TOKEN = "token-for-p1-0123456789abcdef"
 PROTOCOLS = ("icmp", "udp", "tcp")
 
 
@@ -148,7 +156,8 @@ def tracer(chain: Chain) -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_route_change_is_one_path_change(chain: Chain, tracer: Any, family: str) -> None:
+def test_route_change_is_one_path_change(chain: Chain, tracer: Any, processes: Processes, tmp_path: Path,
+                                         family: str) -> None:
     once = tracer(family)
     before = [once() for _ in range(2)]
     chain.use("r2b")
@@ -159,6 +168,27 @@ def test_route_change_is_one_path_change(chain: Chain, tracer: Any, family: str)
     assert addresses(after[0]) == chain.hops(family, via="r2b")
     assert after[0]["info"]["previous_fingerprint"] == before[1]["info"]["fingerprint"]
     assert after[0]["info"]["fingerprint"] != before[1]["info"]["fingerprint"]
+
+    # the four traces, pushed as the agent pushes them, to a real collector on loopback
+    collector = Collector(processes, tmp_path, tokens={"p1": TOKEN})
+    collector.start()
+    results = [msgspec.convert({**result, "seq": seq}, Result) for seq, result in enumerate(before + after, 1)]
+    batch = Batch(probe_id="p1", batch_id="path-batch-1", city="lishui", isp="test-isp", results=results)
+    request = urllib.request.Request(collector.url + "/api/v1/results", data=encode_batch(batch), method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.loads(answer.read())["stored"] == 4
+    [entry] = json.loads(http_get(collector.url + "/api/v1/paths?probe=p1")[1])["paths"]
+    assert [hop.get("address") for hop in entry["latest"]["result"]["hops"]] == chain.hops(family, via="r2b")
+    assert entry["changes"] == [{"probe": "p1", "target": "target", "start_ns": after[0]["start_ns"],
+                                 "fingerprint": after[0]["info"]["fingerprint"],
+                                 "previous_fingerprint": before[1]["info"]["fingerprint"]}]
+    metrics = collector.metrics()
+    series = 'probe="p1",target="target",target_class="edge"'
+    assert re.search(rf'qiancheng_path_changes_total{{city="lishui",isp="test-isp",kind="path",{series}}} 1\.0', metrics)
+    third = chain.hops(family, via="r2b")[2]
+    assert re.search(rf'qiancheng_path_hop_rtt_seconds{{address="{re.escape(third)}",city="lishui",hop="3",isp="test-isp",'
+                     rf'kind="path",{series}}} \d', metrics), metrics
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -179,3 +209,14 @@ def test_equal_cost_routes_give_a_stable_hop_list_per_flow(chain: Chain, tracer:
             break
         time.sleep(0.1)
     assert len(seen) == 2, f"every flow took one route: {seen}"
+
+
+def test_each_hop_names_its_as_from_the_local_table_and_its_reverse_name(chain: Chain, tmp_path: Path) -> None:
+    table = tmp_path / "asn.txt"
+    table.write_text("198.18.0.0/15 64500\n198.18.0.12/30 AS64501  # the target's link\n2001:2::/48 64502\n")
+    ours = trace(chain, "ipv4", "--rounds", "2", "--round-interval", "50ms", "--asn-file", str(table))
+    assert [hop.get("asn") for hop in ours["hops"]] == [64500, 64500, 64500, 64501]
+    assert not any("name" in hop for hop in ours["hops"])  # reverse names only when asked
+    # loopback's name comes from /etc/hosts: no query leaves the machine
+    named = probe_once(chain.probe, "path", "127.0.0.1", "--rounds", "1", "--reverse-dns")
+    assert [hop.get("name") for hop in named["hops"]] == ["localhost"], named["hops"]
