@@ -88,7 +88,6 @@ class _Tracer:
     destination: str
     flows: list[Flow]
     send_socket: socket.socket
-    receive_sockets: list[socket.socket]
     loop: asyncio.AbstractEventLoop
     records: list[ProbeRecord] = field(default_factory=list)
     in_flight: dict[int, _Sent] = field(default_factory=dict)
@@ -318,7 +317,7 @@ async def measure(target: Target, settings: PathSettings) -> Outcome:
                 enable_receive_timestamps(send_socket)
                 _filter_tcp_source_port(send_socket, family, port)
                 receivers.append((send_socket, True))
-        tracer = _Tracer(settings, family, destination, flows, send_socket, [s for s, _ in receivers], loop)
+        tracer = _Tracer(settings, family, destination, flows, send_socket, loop)
         for sock, tcp in receivers:
             loop.add_reader(sock.fileno(), tracer.on_readable, sock, tcp)
             readers.append(sock.fileno())

@@ -14,10 +14,11 @@ the reflector never sends more bytes than it received, so it cannot amplify a sp
 
 Timing. T2 (receive) is the kernel's receive timestamp (SO_TIMESTAMPNS), falling back to a clock read
 right after the read; T3 (transmit) is a clock read written into the reply as the last step before
-`sendto()`. The Session-Sender TTL is the TTL (IPv4, IP_RECVTTL) or hop limit (IPv6,
+`sendto()`, plus this socket's shortest recent send-path latency, learnt from the kernel's transmit
+stamps of the previous replies (probes/responder/send_latency.py): so T3 is close to when the reply
+leaves, never after it, rather than when the clock was read some 20-45 µs before. The Session-Sender TTL is the TTL (IPv4, IP_RECVTTL) or hop limit (IPv6,
 IPV6_RECVHOPLIMIT) the sender's packet arrived with. The HMAC of an authenticated answer is computed after T3 is
-written, so T3 is early by that computation (a few µs, counted in the reflector's residence time). The
-Error Estimate states this host's clock
+written, and is part of the latency learnt. The Error Estimate states this host's clock
 state as the kernel knows it (see `stamp_packet.local_error_estimate`), refreshed once a second.
 
 Asyncio. The socket is read through `loop.add_reader` and `recvmsg()`: asyncio's datagram transports
@@ -46,6 +47,8 @@ from qiancheng.core.stamp_packet import (
     verify,
 )
 
+from .send_latency import SendLatency
+
 __all__ = ["StampReflector"]
 
 log = logging.getLogger("qiancheng.responder.stamp")
@@ -72,6 +75,7 @@ class StampReflector:
         self._loop: asyncio.AbstractEventLoop | None = None
         enable_receive_timestamps(sock)
         enable_receive_ttl(sock)
+        self.send_latency = SendLatency(sock)
 
     def start(self) -> None:
         """Begin answering on the running event loop."""
@@ -93,6 +97,7 @@ class StampReflector:
         return self._estimate
 
     def _on_readable(self) -> None:
+        self.send_latency.drain()
         for _ in range(_READS_PER_WAKEUP):
             try:
                 data, ancillary, _, source = self.sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY_BYTES)
@@ -115,10 +120,13 @@ class StampReflector:
                 self.dropped_corrupt += 1
             log.debug(kv("stamp_dropped", peer=source[0], size=len(data)))
             return
-        stamp_timestamp(reply, key, time.time_ns())  # T3 (and the HMAC): as late as we can
+        clock_ns = time.time_ns()
+        stamp_timestamp(reply, key, clock_ns + self.send_latency.correction_ns)  # T3 (and the HMAC)
         try:
             self.sock.sendto(reply, source)
         except OSError:
             self.send_errors += 1  # a full buffer or an unreachable sender: the sender counts it lost
+            self.send_latency.not_sent()
             return
+        self.send_latency.sent(clock_ns)
         self.reflected += 1

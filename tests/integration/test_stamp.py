@@ -82,8 +82,12 @@ def test_a_train_against_the_responder(reflector_port: int, host: str) -> None:
     assert figures["loss_ratio"] == 0 and figures["duplicates"] == 0 and figures["late"] == 0
     assert all(name in figures for name in FIGURES), sorted(figures)
     samples = result["samples"]
-    assert isinstance(samples, list) and len(samples) == 20 and all(s is not None and s > 0 for s in samples)
-    assert 0 < figures["rtt_min_seconds"] <= figures["rtt_median_seconds"] <= figures["rtt_max_seconds"] < 1.0
+    # On loopback the round trip without the reflector's residence is a few µs: about what the send path,
+    # whose shortest recent time the reflector adds to T3, varies by from one reply to the next, so a
+    # reply that left sooner than any of the last 64 comes out at 0 (the sender's floor), never below.
+    assert isinstance(samples, list) and len(samples) == 20 and all(s is not None and s >= 0 for s in samples)
+    assert 0 <= figures["rtt_min_seconds"] <= figures["rtt_median_seconds"] <= figures["rtt_max_seconds"] < 1.0
+    assert figures["rtt_median_seconds"] > 0
     # both ends run on this host: the clock error stated is twice what this host's kernel states
     assert figures["clock_error_seconds"] == pytest.approx(2 * local_error_estimate().seconds, rel=0.5)
     assert figures["clock_synchronized"] == float(local_error_estimate().synchronized)
