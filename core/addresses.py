@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import platform
 import socket
@@ -22,6 +23,7 @@ __all__ = [
     "SO_TIMESTAMPING",
     "SO_TIMESTAMPNS",
     "UNREACHABLE_ERRNOS",
+    "canonical_address",
     "enable_receive_timestamps",
     "enable_send_timestamps",
     "kernel_timestamp_ns",
@@ -41,11 +43,23 @@ SO_TIMESTAMPNS: int | None = (
 SO_TIMESTAMPING: int | None = 37 if SO_TIMESTAMPNS is not None else None
 _SOF_TIMESTAMPING_TX_SOFTWARE = 1 << 1
 _SOF_TIMESTAMPING_SOFTWARE = 1 << 4
+_SOF_TIMESTAMPING_OPT_ID = 1 << 7  # each stamp carries the number of the send it belongs to
+_SOF_TIMESTAMPING_OPT_TSONLY = 1 << 11  # the stamp alone, without a copy of the packet
 
 UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
 
 Family = Literal["auto", "ipv4", "ipv6"]
 _FAMILIES = {"auto": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_address(text: str) -> str:
+    """The canonical text of an IP address (IPv6 zone dropped), to compare addresses as received with
+    those sent to; any other text unchanged."""
+    try:
+        return str(ipaddress.ip_address(text.partition("%")[0]))
+    except ValueError:
+        return text
 
 
 def split_host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -118,12 +132,17 @@ def kernel_timestamp_ns(ancillary: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
-def enable_send_timestamps(sock: socket.socket) -> bool:
-    """Ask for software send timestamps on the error queue; False where the kernel does not offer them."""
+def enable_send_timestamps(sock: socket.socket, numbered: bool = False) -> bool:
+    """Ask for software send timestamps on the error queue; False where the kernel does not offer them.
+    `numbered`: each stamp says which send it belongs to (SOF_TIMESTAMPING_OPT_ID) and comes without a
+    copy of the packet (OPT_TSONLY)."""
     if SO_TIMESTAMPING is None:
         return False
+    flags = _SOF_TIMESTAMPING_TX_SOFTWARE | _SOF_TIMESTAMPING_SOFTWARE
+    if numbered:
+        flags |= _SOF_TIMESTAMPING_OPT_ID | _SOF_TIMESTAMPING_OPT_TSONLY
     try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _SOF_TIMESTAMPING_TX_SOFTWARE | _SOF_TIMESTAMPING_SOFTWARE)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, flags)
     except OSError:
         return False
     return True

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from qiancheng.core.addresses import (
     UNREACHABLE_ERRNOS,
+    canonical_address,
     enable_receive_timestamps,
     enable_send_timestamps,
     kernel_timestamp_ns,
@@ -202,7 +203,7 @@ class _EchoSocket:
             if echo is None or (self.mode == "raw" and echo.identifier != self.identifier):
                 continue
             route = self._routes.get(echo.sequence)
-            if route is not None and route[2] == _received_address(source[0]):
+            if route is not None and route[2] == canonical_address(source[0]):
                 train, index, _ = route
                 train.reply(index, echo.payload, kernel_timestamp_ns(ancillary), perf_ns)
 
@@ -247,15 +248,6 @@ def _open(family: socket.AddressFamily) -> tuple[socket.socket, str]:
     except OSError:
         pass  # an optimisation only: replies are filtered in user space as well
     return sock, mode
-
-
-@functools.lru_cache(maxsize=4096)
-def _received_address(text: str) -> str:
-    """The canonical text of an address as received (IPv6 zone dropped), to match what was sent to."""
-    try:
-        return str(ipaddress.ip_address(text.partition("%")[0]))
-    except ValueError:
-        return text
 
 
 _sockets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _EchoSocket]] = weakref.WeakKeyDictionary()

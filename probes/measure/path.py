@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ipaddress
 import random
 import socket
 import struct
@@ -37,7 +36,13 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from qiancheng.core.addresses import enable_receive_timestamps, kernel_timestamp_ns, resolve, split_host_port
+from qiancheng.core.addresses import (
+    canonical_address,
+    enable_receive_timestamps,
+    kernel_timestamp_ns,
+    resolve,
+    split_host_port,
+)
 from qiancheng.core.asn_table import AsnTable, read_asn_table
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import PathSettings
@@ -130,7 +135,7 @@ class _Tracer:
             except OSError:
                 continue
             perf_ns = time.perf_counter_ns()
-            responder = _canonical(source[0])
+            responder = canonical_address(source[0])
             try:
                 reply = (parse_tcp if tcp else parse_icmp)(self.version, data, responder)
             except Exception:  # noqa: BLE001 - a malformed packet from the network must not end the trace
@@ -139,7 +144,7 @@ class _Tracer:
                 self._answer(reply, kernel_timestamp_ns(ancillary), perf_ns)
 
     def _answer(self, reply: Reply, kernel_ns: int | None, perf_ns: int) -> None:
-        if reply.protocol != self.settings.protocol or _canonical(reply.destination) != self.destination:
+        if reply.protocol != self.settings.protocol or canonical_address(reply.destination) != self.destination:
             return
         flow_index = next((i for i, f in enumerate(self.flows) if f.source_port == reply.source_port), None)
         sent = self.in_flight.get(reply.identity)
@@ -155,7 +160,7 @@ class _Tracer:
             self.late += 1
         else:
             record = sent.record
-            record.responder = _canonical(reply.responder)
+            record.responder = canonical_address(reply.responder)
             record.rtt = seconds
             record.reached = reply.kind in ("echo_reply", "tcp") or record.responder == self.destination
             record.unreachable = reply.unreachable
@@ -180,13 +185,6 @@ class _Tracer:
 
     def last_answered_ttl(self) -> int:
         return max((r.ttl for r in self.records if r.responder is not None), default=0)
-
-
-def _canonical(address: str) -> str:
-    try:
-        return str(ipaddress.ip_address(address.partition("%")[0]))
-    except ValueError:
-        return address
 
 
 def _open_send_socket(family: socket.AddressFamily, protocol: str, source: str) -> socket.socket:
@@ -285,7 +283,7 @@ async def measure(target: Target, settings: PathSettings) -> Outcome:
     if settings.port is not None:
         port = settings.port
     family, destination = await resolve(host, port, settings.family, socket.SOCK_DGRAM)
-    destination = _canonical(destination)
+    destination = canonical_address(destination)
     asn_table = read_asn_table(settings.asn_file) if settings.asn_file else None
     source = _source_address(family, destination, port)
     loop = asyncio.get_running_loop()

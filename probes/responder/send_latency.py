@@ -18,14 +18,10 @@ import struct
 from collections import deque
 from typing import Final
 
-from qiancheng.core.addresses import SO_TIMESTAMPING, send_timestamp_ns
+from qiancheng.core.addresses import enable_send_timestamps, send_timestamp_ns
 
 __all__ = ["SendLatency"]
 
-_SOF_TIMESTAMPING_TX_SOFTWARE = 1 << 1
-_SOF_TIMESTAMPING_SOFTWARE = 1 << 4
-_SOF_TIMESTAMPING_OPT_ID = 1 << 7  # each stamp carries the number of the send it belongs to
-_SOF_TIMESTAMPING_OPT_TSONLY = 1 << 11  # the stamp alone, without a copy of the packet
 _RECVERR = {(socket.IPPROTO_IP, 11), (socket.IPPROTO_IPV6, 25)}  # IP_RECVERR, IPV6_RECVERR
 _EXTENDED_ERROR = struct.Struct("=IBBBBII")  # struct sock_extended_err: ee_data is the send's number
 _ORIGIN_TIMESTAMPING = 4
@@ -41,7 +37,7 @@ class SendLatency:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.enabled = _enable(sock)
+        self.enabled = enable_send_timestamps(sock, numbered=True)
         self.correction_ns = 0  # the shortest recent gap: what to add to a clock read taken before a send
         self._next_id = 0
         self._pending: dict[int, int] = {}
@@ -82,18 +78,6 @@ class SendLatency:
                 changed = True
         if changed:
             self.correction_ns = min(self._gaps)
-
-
-def _enable(sock: socket.socket) -> bool:
-    if SO_TIMESTAMPING is None:
-        return False
-    flags = (_SOF_TIMESTAMPING_TX_SOFTWARE | _SOF_TIMESTAMPING_SOFTWARE | _SOF_TIMESTAMPING_OPT_ID
-             | _SOF_TIMESTAMPING_OPT_TSONLY)  # fmt: skip
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, flags)
-    except OSError:
-        return False
-    return True
 
 
 def _send_number(ancillary: list[tuple[int, int, bytes]]) -> int | None:
