@@ -61,6 +61,7 @@ bench: $(BASE_ENV)
 	$(PY) bench/throughput.py
 	$(PY) bench/path.py
 	$(PY) bench/icmp_scale.py
+	$(PY) bench/http.py
 
 # a collector, a responder, probes in two cities and Prometheus on loopback for 90 s, then one PNG per dashboard
 dashboards-preview: $(BASE_ENV)

@@ -213,6 +213,57 @@ async def test_body_of_known_size(servers: Servers) -> None:
     _assert_phases_sane(result)
 
 
+async def test_large_body_is_counted_to_the_byte(servers: Servers) -> None:
+    # past the first read, a Content-Length body is counted without h11 (MSG_TRUNC over plain TCP)
+    result = await _get(f"{servers.http}/bytes/{8 * 1024 * 1024 + 7}")
+    assert result.success, result
+    assert result.figures["bytes"] == 8 * 1024 * 1024 + 7
+    _assert_phases_sane(result)
+
+
+def _head_then_body(head: bytes, body: bytes) -> RawHandler:
+    """Sends the head, waits, then the body: the body is read past h11, by counting."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(head)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(body)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return handler
+
+
+async def test_counted_body_ends_at_its_length(raw_server: Callable[[RawHandler], Awaitable[str]]) -> None:
+    # bytes past Content-Length are not the body's (the server misbehaves; we stop at the length)
+    url = await raw_server(_head_then_body(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n", b"z" * 300_010))
+    result = await _get(url)
+    assert result.success, result
+    assert result.figures["bytes"] == 300_000
+    assert result.figures["time_total_seconds"] - result.figures["time_starttransfer_seconds"] >= 0.04
+
+
+async def test_counted_body_cut_short_is_protocol(raw_server: Callable[[RawHandler], Awaitable[str]]) -> None:
+    url = await raw_server(_head_then_body(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n", b"z" * 1000))
+    result = await _get(url)
+    assert result.error == "protocol", result
+    assert result.detail == "connection closed before the response ended"
+
+
+async def test_counted_body_past_max_bytes_is_an_error(raw_server: Callable[[RawHandler], Awaitable[str]]) -> None:
+    url = await raw_server(_head_then_body(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n", b"z" * 300_000))
+    result = await _get(url, max_bytes=Size(100_000))
+    assert result.error == "error", result
+    assert result.detail == "body exceeds max_bytes"
+
+
 async def test_header_bytes_are_the_raw_head(raw_server: Callable[[RawHandler], Awaitable[str]]) -> None:
     head = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Pad: abc\r\n\r\n"
     url = await raw_server(_answering(head + b"abc"))
@@ -376,6 +427,13 @@ async def test_https_without_verification(servers: Servers) -> None:
     assert result.figures["tls_seconds"] > 0
     assert result.figures["time_appconnect_seconds"] >= result.figures["time_connect_seconds"]
     assert result.info["tls_version"].startswith("TLSv1.")
+    _assert_phases_sane(result)
+
+
+async def test_https_large_body(servers: Servers) -> None:
+    result = await _get(f"{servers.https}/bytes/{3 * 1024 * 1024 + 1}", verify_tls=False)
+    assert result.success, result
+    assert result.figures["bytes"] == 3 * 1024 * 1024 + 1
     _assert_phases_sane(result)
 
 
