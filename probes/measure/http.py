@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import mmap
 import socket
 import ssl
 import threading
@@ -60,6 +59,7 @@ from qiancheng.core.kind_settings import HttpSettings
 from qiancheng.core.result import Target
 
 from .cdn import cache_facts
+from .discard import discard
 from .http_phases import Marks, RequestPlan, header_block_end, parse_url, phase_figures, request_headers, response_info
 from .outcome import Outcome
 
@@ -70,11 +70,6 @@ USER_AGENT = f"qiancheng/{__version__}"
 _UNREACHABLE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
 _HEAD_RECEIVE_BYTES = 64 * 1024
 _RECEIVE_BYTES = 256 * 1024
-# Where counted body bytes go (see _Exchange._count_body). Anonymous memory that plain TCP never writes
-# (MSG_TRUNC), so its pages cost no RSS until a TLS body is read into its first _TLS_RECEIVE_BYTES.
-_DISCARD_BYTES = 4 * 1024 * 1024
-_TLS_RECEIVE_BYTES = 256 * 1024
-_DISCARD = mmap.mmap(-1, _DISCARD_BYTES)
 # How long past the test's timeout the caller waits for the exchange thread, whose socket calls keep
 # the deadline themselves; only a getaddrinfo that outlives it is cut off here.
 _DEADLINE_SLACK_SECONDS = 0.05
@@ -313,18 +308,11 @@ class _Exchange:
             raise MeasurementError("error", f"connection closed before the response ended: {error}") from None
 
     def _count_body(self, sock: socket.socket, left: int) -> None:
-        """Read the last `left` bytes of a Content-Length body, counting them and keeping none.
-
-        Over plain TCP, MSG_TRUNC has Linux drop the bytes without copying them out; TLS records must be
-        decrypted, into a buffer shared by every exchange (nobody reads it). Either way no bytes object is
-        made per read: at a gigabit on a small box the copies, not the network, would bound the rate.
-        """
-        flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_TRUNC
-        chunk = _TLS_RECEIVE_BYTES if flags == 0 else _DISCARD_BYTES
+        """Read the last `left` bytes of a Content-Length body, counting them and keeping none (discard.py)."""
         parser = self.parser
         while left > 0:
             sock.settimeout(self._remaining())
-            received = sock.recv_into(_DISCARD, min(left, chunk), flags)
+            received = discard(sock, left)
             if received == 0:
                 raise MeasurementError("protocol", "connection closed before the response ended")
             left -= received

@@ -1,9 +1,10 @@
 """The TCP streams of a throughput test: one thread each, moving bytes with blocking system calls.
 
-A stream is a thread, not a coroutine: a blocking `recv_into` of a preallocated buffer (download) or
-`os.sendfile` from an in-memory file (upload) releases the GIL for the whole system call, so N streams
-run in parallel with one Python call per 256 KiB or more, and the event loop stays free for the
-sampler and the latency probes. The threads only count; the sampler in throughput.py reads the counts.
+A stream is a thread, not a coroutine: a blocking `recv` that counts the bytes without copying them out
+(download, discard.py) or `os.sendfile` from an in-memory file (upload) releases the GIL for the whole
+system call, so N streams run in parallel with one Python call per read or 256 KiB sent or more, and
+the event loop stays free for the sampler and the latency probes. The threads only count; the sampler
+in throughput.py reads the counts.
 
 HTTP is spoken by hand, and only as much as a bulk transfer needs: downloads send HTTP/1.0 GETs (so
 the body ends at Content-Length or at close, never chunked), uploads an HTTP/1.1 POST with
@@ -23,11 +24,11 @@ from dataclasses import dataclass
 from qiancheng.core import __version__
 from qiancheng.core.addresses import UNREACHABLE_ERRNOS
 
+from .discard import CHUNK_BYTES, discard
 from .tcp_info import TcpInfo, tcp_info
 
 __all__ = ["Endpoint", "StreamError", "Stream", "DownloadStream", "UploadStream", "parse_head"]
 
-_RECEIVE_BYTES = 256 * 1024
 _HEAD_LIMIT = 64 * 1024
 _UPLOAD_SOURCE_BYTES = 4 * 1024 * 1024
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
@@ -253,7 +254,6 @@ class DownloadStream(Stream):
     """GETs the URL until the stream's byte budget is read or it is stopped (a small object is fetched again)."""
 
     def _transfer(self) -> None:
-        buffer = memoryview(bytearray(_RECEIVE_BYTES))
         endpoint = self.endpoint
         request = (f"GET {endpoint.path} HTTP/1.0\r\nHost: {endpoint.host_header}\r\nUser-Agent: {_USER_AGENT}\r\n"
                    f"Accept: */*\r\nAccept-Encoding: identity\r\n{endpoint.extra_headers}\r\n").encode()
@@ -272,7 +272,7 @@ class DownloadStream(Stream):
             remaining = None if length is None else length - len(rest)
             budget = self.budget_bytes
             while remaining is None or remaining > 0:
-                count = sock.recv_into(buffer)
+                count = discard(sock, remaining or CHUNK_BYTES)  # counted, never copied out (discard.py)
                 if not count:
                     if remaining:
                         raise StreamError("protocol", f"stream {self.index}: connection closed {remaining} bytes before the end of the body")

@@ -50,11 +50,13 @@ MAX_BYTES = f"{STREAMS * 9}GiB"
 
 @dataclass(frozen=True)
 class Goodput:
-    """One tool's run: mean goodput over its window, bytes moved in all, and CPU seconds of both ends."""
+    """One tool's run: mean goodput over its window, bytes moved in all, and CPU seconds of both ends and
+    of the client alone (our probe, iperf3's client)."""
 
     bits_per_second: float
     bytes_total: float
     cpu_seconds: float
+    client_cpu_seconds: float
 
 
 @dataclass
@@ -80,11 +82,12 @@ class Bed:
             "--streams", str(streams), "--duration", f"{window}s", "--warmup", f"{WARMUP_SECONDS}s",
             "--max-bytes", MAX_BYTES, f"{self.server_address}:{RESPONDER_PORT}", check=False, timeout=60,
         )
-        cpu = children_cpu() - client_cpu + _process_cpu(self.responder_pid) - server_cpu
+        client = children_cpu() - client_cpu
+        cpu = client + _process_cpu(self.responder_pid) - server_cpu
         assert done.returncode == 0, f"probe exit {done.returncode}: {done.stdout} {done.stderr}"
         result = json.loads(done.stdout)
         figures = result["figures"]
-        return Goodput(figures["throughput_bits_per_second"], figures["bytes_total"], cpu)
+        return Goodput(figures["throughput_bits_per_second"], figures["bytes_total"], cpu, client)
 
     def iperf3(self, direction: str, streams: int = STREAMS, window: float = WINDOW_SECONDS) -> Goodput:
         server_cpu = _process_cpu(self.iperf_pid)
@@ -94,11 +97,12 @@ class Bed:
             "iperf3", "-c", self.server_address, "-p", str(IPERF_PORT), "-P", str(streams), "-t", f"{window:g}",
             "-O", str(WARMUP_SECONDS), "--json", *reverse, check=False, timeout=60,
         )
-        cpu = children_cpu() - client_cpu + _process_cpu(self.iperf_pid) - server_cpu
+        client = children_cpu() - client_cpu
+        cpu = client + _process_cpu(self.iperf_pid) - server_cpu
         assert done.returncode == 0, f"iperf3 exit {done.returncode}: {done.stdout[-2000:]} {done.stderr}"
         report = json.loads(done.stdout)
         moved = sum(interval["sum"]["bytes"] for interval in report["intervals"])
-        return Goodput(report["end"]["sum_received"]["bits_per_second"], moved, cpu)
+        return Goodput(report["end"]["sum_received"]["bits_per_second"], moved, cpu, client)
 
 
 def _process_cpu(pid: int) -> float:
@@ -120,10 +124,14 @@ def build_bed(lab: Lab, rate_bit: int | None = None, one_way_delay: float = 0.0)
     if rate_bit is not None:
         shape_rate(client, link.a_dev, rate_bit)
         shape_rate(server, link.b_dev, rate_bit)
+    # Unshaped, one client moves tens of GB a minute: past the default budget per client, which is not
+    # what these runs measure
+    config = lab.workdir / f"responder-{link.b_dev}.yaml"
+    config.write_text("limits: {max_client_bytes_per_minute: 1000GiB}\n")
     responder = server.popen(
-        PYTHON, "-m", "qiancheng.probes.responder.main", "--listen", link.b_addr, "--http-port", str(RESPONDER_PORT),
-        "--echo-port", "0", "--dns-port", "0", "--log-level", "warning",
-    )
+        PYTHON, "-m", "qiancheng.probes.responder.main", "--config", str(config), "--listen", link.b_addr,
+        "--http-port", str(RESPONDER_PORT), "--echo-port", "0", "--dns-port", "0", "--log-level", "warning",
+    )  # fmt: skip
     iperf = server.popen("iperf3", "-s", "-B", link.b_addr, "-p", str(IPERF_PORT),
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server.wait_listening(RESPONDER_PORT)
