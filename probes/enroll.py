@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
 from qiancheng.core import __version__
@@ -109,6 +108,9 @@ def _check(args: argparse.Namespace) -> object:
 
 
 async def _exchange(collector: str, code: str, context: object) -> Enrolled:
+    # imported here: every command loads this module for its parser, and `once` has no use for aiohttp
+    import aiohttp
+
     url = collector.rstrip("/") + ENROLL_PATH
     connector = aiohttp.TCPConnector(ssl=context)  # type: ignore[arg-type]
     async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT_PREFIX + __version__}) as session:
