@@ -7,7 +7,6 @@ import logging
 import signal
 from pathlib import Path
 
-import aiohttp
 import msgspec
 
 from qiancheng.core import __version__, logs
@@ -17,6 +16,7 @@ from qiancheng.core.logs import kv
 from qiancheng.core.result import Result
 from qiancheng.core.wire import USER_AGENT_PREFIX
 
+from .collector_client import CollectorClient
 from .config import Job, ProbeConfig, load_probe_config
 from .health import HostHealth
 from .plan_client import AppliedPlan, PlanClient, read_saved_plan
@@ -32,13 +32,13 @@ _COMMIT_DELAY_SECONDS = 0.05
 
 
 class Agent:
-    """Owns one spool, one HTTP session, one uploader and one scheduler for the life of the process."""
+    """Owns one spool, one collector client, one uploader and one scheduler for the life of the process."""
 
     def __init__(self, config: ProbeConfig) -> None:
         self.config = config
         self._stop = asyncio.Event()
         self._spool: Spool | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._client: CollectorClient | None = None
         self._uploader: Uploader | None = None
         self._upload_task: asyncio.Task[None] | None = None
         self._scheduler: Scheduler | None = None
@@ -49,22 +49,20 @@ class Agent:
         self.spool_failures = 0
         self._health = HostHealth()
 
-    def _open_session(self) -> aiohttp.ClientSession:
-        """The one HTTP session to the collector, with its TLS settings (checked when the config loaded)."""
+    def _open_client(self) -> CollectorClient:
+        """The one HTTP client to the collector, with its TLS settings (checked when the config loaded)."""
         collector = self.config.collector
         if collector.insecure_skip_verify:
             log.warning(kv("tls_verification_off", collector=collector.url,
                            risk="anyone on the path can read and change results and take the token",
                            fix="remove collector.insecure_skip_verify; give collector.ca_file if the CA is private"))  # fmt: skip
-        context = collector.tls()
-        connector = aiohttp.TCPConnector(ssl=context if context is not None else True)
-        return aiohttp.ClientSession(headers={"User-Agent": USER_AGENT_PREFIX + __version__}, connector=connector)
+        return CollectorClient(collector.tls(), USER_AGENT_PREFIX + __version__)
 
-    def _make_uploader(self, spool: Spool, session: aiohttp.ClientSession) -> Uploader:
+    def _make_uploader(self, spool: Spool, client: CollectorClient) -> Uploader:
         c = self.config
         return Uploader(
             spool=spool,
-            session=session,
+            client=client,
             url=c.collector.url,
             token=c.token,
             probe_id=c.probe.id,
@@ -102,13 +100,13 @@ class Agent:
         if c.plan is None:
             self._plan = None
             return
-        assert self._session is not None
+        assert self._client is not None
         saved = c.plan.saved_path(c.spool)
         if self._plan is None:
             self._plan = read_saved_plan(saved, c.probe.id)
             if self._plan is not None:
                 log.info(kv("plan_loaded", file=str(saved), version=self._plan.version, targets=len(self._plan.plan.targets)))
-        self._plan_client = PlanClient(self._session, c.collector.url, c.token, c.probe, float(c.plan.poll_interval),
+        self._plan_client = PlanClient(self._client, c.collector.url, c.token, c.probe, float(c.plan.poll_interval),
                                        float(c.collector.timeout), saved, self._apply_plan,
                                        version=self._plan.version if self._plan is not None else "")  # fmt: skip
         self._plan_task = asyncio.create_task(self._plan_client.run(), name="plan")
@@ -147,8 +145,8 @@ class Agent:
         # twenty fsyncs a second; nothing waits on it but the spooling itself (uploads go by batch age).
         self._spool = Spool(c.spool.path, max_bytes=int(c.spool.max_bytes), first_seq=wall_ns() // 1000,
                             commit_delay=_COMMIT_DELAY_SECONDS)
-        self._session = self._open_session()
-        self._uploader = self._make_uploader(self._spool, self._session)
+        self._client = self._open_client()
+        self._uploader = self._make_uploader(self._spool, self._client)
         self._upload_task = asyncio.create_task(self._uploader.run(), name="uploader")
         self._scheduler = Scheduler(c.probe.id, self._record, c.scheduler.max_concurrency)
         self._start_plan_client()
@@ -167,7 +165,7 @@ class Agent:
         except ConfigError as error:
             log.error(kv("reload_refused", reason=str(error)))
             return
-        assert self._scheduler is not None and self._spool is not None and self._session is not None
+        assert self._scheduler is not None and self._spool is not None and self._client is not None
         old, self.config = self.config, new
         if new.spool != old.spool:
             log.warning(kv("reload_spool_unchanged", reason="spool settings take effect at the next start"))
@@ -181,9 +179,9 @@ class Agent:
             assert self._uploader is not None and self._upload_task is not None
             self._uploader.stop()
             await asyncio.gather(self._upload_task, return_exceptions=True)
-            await self._session.close()
-            self._session = self._open_session()
-            self._uploader = self._make_uploader(self._spool, self._session)
+            await self._client.close()
+            self._client = self._open_client()
+            self._uploader = self._make_uploader(self._spool, self._client)
             self._upload_task = asyncio.create_task(self._uploader.run(), name="uploader")
         if self._plan_task is None:
             self._start_plan_client()
@@ -192,7 +190,7 @@ class Agent:
 
     async def _shutdown(self) -> int:
         """Stop measuring, push what the flush budget allows, close; all within 5 s of SIGTERM."""
-        assert self._scheduler and self._uploader and self._upload_task and self._spool and self._session
+        assert self._scheduler and self._uploader and self._upload_task and self._spool and self._client
         await self._stop_plan_client()
         await self._scheduler.stop()
         # A cancelled test's result may already be in the spool's commit group: commit it before the flush.
@@ -201,7 +199,7 @@ class Agent:
         self._uploader.stop()
         await asyncio.gather(self._upload_task, return_exceptions=True)
         counters = await self._spool.counters()
-        await self._session.close()
+        await self._client.close()
         self._spool.close()
         log.info(kv("probe_stopped", tests=self._scheduler.tests_run, left_in_spool=remaining,
                     measured_total=counters.measured_total, acked_total=counters.acked_total,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +29,7 @@ from qiancheng.core.enrollment import ENROLL_PATH, Enrolled, EnrollRequest
 from qiancheng.core.errors import ConfigError
 from qiancheng.core.wire import USER_AGENT_PREFIX
 
+from .collector_client import CollectorClient
 from .config import load_probe_config
 from .transport import TlsSettingsError, client_context
 
@@ -82,8 +84,8 @@ def run_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> object:
-    """Everything that could stop the writes, before the code is spent; the TLS context (or True)."""
+def _check(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """Everything that could stop the writes, before the code is spent; the TLS context (None for http)."""
     parts = urlsplit(args.collector)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _Refused(f"--collector: expected an http(s) URL such as https://collector:9310, got {args.collector!r}")
@@ -100,30 +102,27 @@ def _check(args: argparse.Namespace) -> object:
         if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
             raise _Refused(f"{flag}: cannot write in {str(target.parent)!r} (does it exist? run as the probe's user or root)")
     if parts.scheme == "http":
-        return True
+        return None
     try:
         return client_context(args.ca_file, args.cert_file, args.key_file)
     except TlsSettingsError as error:
         raise _Refused(f"--{error.field.replace('_', '-')}: {error.reason}") from None
 
 
-async def _exchange(collector: str, code: str, context: object) -> Enrolled:
-    # imported here: every command loads this module for its parser, and `once` has no use for aiohttp
-    import aiohttp
-
+async def _exchange(collector: str, code: str, context: ssl.SSLContext | None) -> Enrolled:
     url = collector.rstrip("/") + ENROLL_PATH
-    connector = aiohttp.TCPConnector(ssl=context)  # type: ignore[arg-type]
-    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT_PREFIX + __version__}) as session:
-        try:
-            async with session.post(url, data=msgspec.json.encode(EnrollRequest(code=code.strip())),
-                                    headers={"Content-Type": "application/json"}, allow_redirects=False,
-                                    timeout=aiohttp.ClientTimeout(total=_TIMEOUT_SECONDS)) as answer:  # fmt: skip
-                body = await answer.content.read(_MAX_ANSWER)
-                status = answer.status
-        except aiohttp.ClientConnectorCertificateError as error:
-            raise _Refused(f"the collector's certificate is not trusted: {error.certificate_error}") from None
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            raise _Unreachable(f"cannot reach {url}: {type(error).__name__}: {error}") from None
+    client = CollectorClient(context, USER_AGENT_PREFIX + __version__)
+    try:
+        answer = await client.request("POST", url, headers={"Content-Type": "application/json"},
+                                      body=msgspec.json.encode(EnrollRequest(code=code.strip())),
+                                      timeout=_TIMEOUT_SECONDS, max_body=_MAX_ANSWER)  # fmt: skip
+    except ssl.SSLCertVerificationError as error:
+        raise _Refused(f"the collector's certificate is not trusted: {error.verify_message}") from None
+    except (TimeoutError, OSError) as error:
+        raise _Unreachable(f"cannot reach {url}: {type(error).__name__}: {error}") from None
+    finally:
+        await client.close()
+    body, status = answer.body, answer.status
     if status != 200:
         raise _Refused(f"the collector refused ({status}): {_reason(body)}")
     try:

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+from urllib.parse import quote, urlencode
 
-import aiohttp
 import msgspec
 
 from qiancheng.core.configfile import YamlDocument
@@ -29,6 +29,7 @@ from qiancheng.core.errors import ConfigError
 from qiancheng.core.logs import kv
 from qiancheng.core.plan_wire import PLAN_PATH, Plan, decode_plan
 
+from .collector_client import CollectorClient
 from .config import Job, ProbeIdentity, spec_jobs
 
 __all__ = ["AppliedPlan", "PlanClient", "plan_jobs", "read_saved_plan", "save_plan", "MAX_PLAN_BYTES"]
@@ -121,7 +122,7 @@ class PlanClient:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: CollectorClient,
         collector_url: str,
         token: str,
         identity: ProbeIdentity,
@@ -133,15 +134,16 @@ class PlanClient:
         rng: random.Random | None = None,
     ) -> None:
         """`version`: the plan the probe runs now (from disk), sent as If-None-Match."""
-        self._session = session
+        self._client = client
         self._url = collector_url.rstrip("/") + PLAN_PATH
         self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        self._query = [("city", identity.city), ("isp", identity.isp)] + [
+        query = [("city", identity.city), ("isp", identity.isp)] + [
             ("label", f"{key}:{value}") for key, value in sorted(identity.labels.items())
         ]
+        self._request_url = f"{self._url}?{urlencode(query, quote_via=quote)}"
         self._probe_id = identity.id
         self._interval = poll_interval
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._timeout = request_timeout
         self._saved_path = saved_path
         self._on_plan = on_plan
         self.version = version
@@ -179,11 +181,10 @@ class PlanClient:
         if self.version:
             headers["If-None-Match"] = f'"{self.version}"'
         try:
-            async with self._session.get(self._url, params=self._query, headers=headers, timeout=self._timeout,
-                                         allow_redirects=False) as response:  # fmt: skip
-                body = await response.content.read(MAX_PLAN_BYTES + 1)
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            answer = await self._client.request("GET", self._request_url, headers=headers, timeout=self._timeout,
+                                                max_body=MAX_PLAN_BYTES + 1)  # fmt: skip
+            body, status = answer.body, answer.status
+        except (TimeoutError, OSError) as error:
             log.warning(kv("plan_unreachable", collector=self._url, error=f"{type(error).__name__}: {error}",
                            effect=f"measuring plan {self.version or 'none'}"))  # fmt: skip
             return "unreachable"

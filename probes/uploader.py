@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from datetime import timezone
 from typing import Final
 
-import aiohttp
 import msgspec
 
 from qiancheng.core.clock import wall_ns
 from qiancheng.core.logs import kv
 from qiancheng.core.wire import PLAN_HEADER, RESULTS_PATH, Batch, decode_batch, encode_batch
 
+from .collector_client import CollectorClient
 from .spool import PendingBatch, Spool, SpoolCounters
 
 __all__ = ["Uploader", "UploaderCounters", "backoff_delay", "retry_after_seconds", "RETRY_AFTER_CAP"]
@@ -111,7 +111,7 @@ class Uploader:
         self,
         *,
         spool: Spool,
-        session: aiohttp.ClientSession,
+        client: CollectorClient,
         url: str,
         token: str,
         probe_id: str,
@@ -131,7 +131,7 @@ class Uploader:
         """`health`: the box's figures added to every batch's stats; `plan_version`: the plan the probe
         runs, sent as the Qiancheng-Plan header ("" or None: it runs none)."""
         self._spool = spool
-        self._session = session
+        self._client = client
         self._endpoint = url.rstrip("/") + RESULTS_PATH
         self._headers = {
             "Authorization": f"Bearer {token}",
@@ -151,7 +151,7 @@ class Uploader:
         # Lowered when the collector answers 413, so later batches fit without a split each time.
         self._max_results = batch_max_results
         self._batch_max_age = batch_max_age
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._timeout = request_timeout
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._retry_after_cap = retry_after_cap
@@ -292,7 +292,7 @@ class Uploader:
             return _Outcome.STOPPED, 0.0
         try:
             answer = request.result()
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+        except (TimeoutError, OSError) as error:
             return self._failed(batch, None, f"{type(error).__name__}: {error}".rstrip(": "), None)
         return await self._handle(batch, answer, len(body))
 
@@ -382,20 +382,10 @@ class Uploader:
         # a header, not a field of the batch: a collector older than the probe refuses unknown fields
         if self._plan_version is not None and (plan := self._plan_version()):
             headers = {**headers, PLAN_HEADER: plan}
-        async with self._session.post(
-            self._endpoint, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
-        ) as response:
-            # Read the (bounded) body so the connection can be reused and a rejection has its reason.
-            chunks: list[bytes] = []
-            size = 0
-            while size < MAX_ANSWER_BYTES:
-                chunk = await response.content.read(MAX_ANSWER_BYTES - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            text = b"".join(chunks).decode("utf-8", errors="replace")
-            return _Answer(response.status, response.headers.get("Retry-After"), text)
+        # The body is read (bounded) so that the connection can be reused and a rejection has its reason.
+        answer = await self._client.request("POST", self._endpoint, headers=headers, body=body,
+                                            timeout=self._timeout, max_body=MAX_ANSWER_BYTES)  # fmt: skip
+        return _Answer(answer.status, answer.headers.get("retry-after"), answer.body.decode("utf-8", errors="replace"))
 
     def _check_identity(self) -> None:
         """Fail at start, not by quarantining every batch, if the identity does not fit the wire format."""

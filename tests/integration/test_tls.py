@@ -29,7 +29,7 @@ from tests.integration.helpers import Collector, probe_config, wait_for
 TOKEN = "token-tls-probe-0123456789"
 OTHER_TOKEN = "token-other-probe-0123456789"
 # TLS 1.3 clients learn of a refused client certificate when the server closes the connection
-REFUSED_HANDSHAKE = re.compile(r"upload_failed .*(Server disconnected|CERTIFICATE_REQUIRED|certificate)")
+REFUSED_HANDSHAKE = re.compile(r"upload_failed .*(closed the connection before answering|CERTIFICATE_REQUIRED|certificate)")
 
 
 @dataclass

@@ -22,13 +22,13 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
 
 from qiancheng.core.result import Result, Target
 from qiancheng.core.wire import RESULTS_PATH, Batch, decode_batch
+from qiancheng.probes.collector_client import CollectorClient
 from qiancheng.probes.spool import Spool
 from qiancheng.probes.uploader import Uploader, backoff_delay, retry_after_seconds
 from tests.conftest import ROOT, free_port
@@ -157,11 +157,11 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float, w
 
 
 class Rig:
-    """A spool, a client session, collectors and uploaders for one test; all stopped at teardown."""
+    """A spool, a collector client, collectors and uploaders for one test; all stopped at teardown."""
 
-    def __init__(self, tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    def __init__(self, tmp_path: Path, client: CollectorClient) -> None:
         self.spool = Spool(tmp_path / "spool.db", max_bytes=1 << 30)
-        self.session = session
+        self.client = client
         self.collectors: list[ScriptedCollector] = []
         self.tasks: list[tuple[Uploader, asyncio.Task[None]]] = []
 
@@ -172,7 +172,7 @@ class Rig:
 
     def uploader(self, url: str, **options: Any) -> Uploader:
         settings: dict[str, Any] = dict(
-            spool=self.spool, session=self.session, url=url, token=TOKEN, probe_id="city-a-01", city="city-a",
+            spool=self.spool, client=self.client, url=url, token=TOKEN, probe_id="city-a-01", city="city-a",
             isp="isp-1", labels={"site": "tower-3"}, batch_max_results=500, batch_max_age=0.05,
             request_timeout=2.0, backoff_base=0.05, backoff_cap=0.2, rng=random.Random(7),
         )
@@ -200,12 +200,13 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    async with aiohttp.ClientSession() as session:
-        made = Rig(tmp_path, session)
-        try:
-            yield made
-        finally:
-            await made.close()
+    client = CollectorClient(None, "qiancheng-test")
+    made = Rig(tmp_path, client)
+    try:
+        yield made
+    finally:
+        await made.close()
+        await client.close()
 
 
 # ---------------------------------------------------------------------- pure helpers
@@ -267,7 +268,7 @@ async def test_every_result_arrives_once_through_outage_503_and_dropped_connecti
     # the collector is down: connection refused, retried with backoff, nothing leaves the spool
     await wait_until(lambda: _true(uploader.counters().consecutive_failures >= 2), 5, "failures while down")
     assert await rig.backlog() == 30
-    assert "ClientConnectorError" in uploader.counters().last_error
+    assert "ConnectionRefusedError" in uploader.counters().last_error
 
     collector = await rig.collector(port, script=[(503, {"Retry-After": "1"}), "drop", "store_then_drop", 503])
     more = [result(i) for i in range(30, 60)]
@@ -478,31 +479,32 @@ async def _eq(value: Awaitable[int], expected: int) -> bool:
 _PROBE_PROCESS = textwrap.dedent(
     """
     import asyncio, sys
-    import aiohttp
     from qiancheng.core.result import Result, Target
+    from qiancheng.probes.collector_client import CollectorClient
     from qiancheng.probes.spool import Spool
     from qiancheng.probes.uploader import Uploader
 
     async def main(path: str, url: str, count: int, finish: bool) -> None:
         spool = Spool(path, max_bytes=1 << 30)
-        async with aiohttp.ClientSession() as session:
-            uploader = Uploader(spool=spool, session=session, url=url, token="s3cret-token-value",
-                                probe_id="city-k-01", batch_max_results=7, batch_max_age=0.05,
-                                backoff_base=0.05, backoff_cap=0.2)
-            task = asyncio.create_task(uploader.run())
-            target = Target(name="edge", address="198.18.0.1")
-            for _ in range(count):
-                measured = Result(kind="icmp", target=target, start_ns=1, duration_seconds=0.0, success=True)
-                seq = await spool.add(measured)
-                uploader.notify()
-                print(seq, flush=True)
-                await asyncio.sleep(0.003)
-            if finish:
-                print("remaining", await uploader.flush(10.0), flush=True)
-                uploader.stop()
-                await task
-            else:
-                await asyncio.sleep(3600)
+        client = CollectorClient(None, "qiancheng-test")
+        uploader = Uploader(spool=spool, client=client, url=url, token="s3cret-token-value",
+                            probe_id="city-k-01", batch_max_results=7, batch_max_age=0.05,
+                            backoff_base=0.05, backoff_cap=0.2)
+        task = asyncio.create_task(uploader.run())
+        target = Target(name="edge", address="198.18.0.1")
+        for _ in range(count):
+            measured = Result(kind="icmp", target=target, start_ns=1, duration_seconds=0.0, success=True)
+            seq = await spool.add(measured)
+            uploader.notify()
+            print(seq, flush=True)
+            await asyncio.sleep(0.003)
+        if finish:
+            print("remaining", await uploader.flush(10.0), flush=True)
+            uploader.stop()
+            await task
+        else:
+            await asyncio.sleep(3600)
+        await client.close()
         spool.close()
 
     asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "finish"))
