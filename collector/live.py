@@ -8,7 +8,7 @@ does not hold.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -66,16 +66,31 @@ class Histogram:
         self.total += value
         self.count += 1
 
-    def observe_many(self, values: Iterable[float | None]) -> None:
+    def observe_many(self, values: Sequence[float | None]) -> None:
         """Observe every value that is not None (a lost packet has no RTT); the hot path of ingest."""
-        counts, bounds, total, count = self.counts, self.bounds, 0.0, 0
-        for value in values:
-            if value is not None:
-                counts[bisect_left(bounds, value)] += 1
-                total += value
-                count += 1
-        self.total += total
-        self.count += count
+        counts, bounds = self.counts, self.bounds
+        if len(values) <= len(bounds):  # a result's samples: one bisection each
+            total, count = 0.0, 0
+            for value in values:
+                if value is not None:
+                    counts[bisect_left(bounds, value)] += 1
+                    total += value
+                    count += 1
+            self.total += total
+            self.count += count
+            return
+        # many values (a batch's samples of one series): sorted once, each bucket is the difference of two
+        # bisections, instead of one bisection per value in Python. `le` buckets: values ≤ bound
+        present = [value for value in values if value is not None]
+        self.total += sum(present)  # in arrival order, as one by one
+        self.count += len(present)
+        present.sort()
+        below = 0
+        for index, bound in enumerate(bounds):
+            upto = bisect_right(present, bound)
+            counts[index] += upto - below
+            below = upto
+        counts[-1] += len(present) - below
 
     def cumulative(self) -> list[int]:
         """Cumulative counts, one per bound and a last one for +Inf (equal to `count`)."""
@@ -128,6 +143,23 @@ class IngestTally:
     commit: Histogram | None = None
 
 
+_SUCCESS: Final = ("success", "none")
+
+
+def _by_series(results: Iterable[Result]) -> dict[tuple[str, str, str], list[Result]]:
+    """Results grouped by (target name, target class, kind), in their order."""
+    groups: dict[tuple[str, str, str], list[Result]] = {}
+    for result in results:
+        target = result.target
+        key = (target.name, target.target_class, result.kind)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [result]
+        else:
+            group.append(result)
+    return groups
+
+
 class LiveState:
     """The in-memory state behind /metrics.
 
@@ -148,6 +180,8 @@ class LiveState:
     ) -> None:
         self.counted_figures = tuple(counted_figures)
         self.info_keys = {metric: tuple(keys) for metric, keys in (info_keys or {}).items()}
+        self._info_key_set = frozenset(key for keys in self.info_keys.values() for key in keys)
+        self._counted_key_set = frozenset(self.counted_figures)
         self.histogram_kinds = frozenset(histogram_kinds)
         self.rtt_bounds = tuple(rtt_bounds)
         self.series_ttl_ns = series_ttl_ns
@@ -166,28 +200,48 @@ class LiveState:
     def _offer_latest(self, series: Series, result: Result) -> None:
         # the latest by start time wins: a late result replayed from a spool must not hide a newer one
         latest = series.latest
-        order = (result.start_ns, result.seq)
-        if latest is None or order > (latest.start_ns, latest.seq):
+        if latest is None or (result.start_ns, result.seq) > (latest.start_ns, latest.seq):
             series.latest = result
+
+    def _offer_info(self, series: Series, result: Result) -> None:
         info = result.info
+        order = (result.start_ns, result.seq)
         for metric, keys in self.info_keys.items():
             if any(key in info for key in keys) and order > series.info_order.get(metric, (-1, -1)):
                 series.info_labels[metric] = tuple(label_value(info.get(key, "")) for key in keys)
                 series.info_order[metric] = order
 
     def apply(self, probe: str, city: str, isp: str, results: Iterable[Result], now_ns: int) -> None:
-        """Account results just stored for the first time (never re-applied: counts stay exact)."""
-        for result in results:
-            series = self._series(series_labels(probe, city, isp, result), result.kind, now_ns)
-            self._offer_latest(series, result)
-            outcome = ("success", "none") if result.success else ("failure", result.error or "error")
-            series.tests[outcome] = series.tests.get(outcome, 0) + 1
-            figures = result.figures
-            for name in self.counted_figures:
-                if name in figures:
-                    series.figure_sums[name] = series.figure_sums.get(name, 0.0) + figures[name]
+        """Account results just stored for the first time (never re-applied: counts stay exact).
+
+        A batch holds results of a few series or of many: each series is looked up once per batch, and
+        the RTT samples of all its results go into its histogram together.
+        """
+        info_keys, counted = self._info_key_set, self.counted_figures
+        counted_keys = self._counted_key_set
+        for (name, target_class, kind), group in _by_series(results).items():
+            series = self._series((probe, city, isp, name, target_class, kind), kind, now_ns)
+            tests, sums = series.tests, series.figure_sums
+            latest = series.latest
+            latest_order = (latest.start_ns, latest.seq) if latest is not None else (-1, -1)
+            for result in group:
+                # the latest by start time wins: a late result replayed from a spool must not hide a newer one
+                if (result.start_ns, result.seq) > latest_order:
+                    latest, latest_order = result, (result.start_ns, result.seq)
+                if info_keys and not info_keys.isdisjoint(result.info):
+                    self._offer_info(series, result)
+                outcome = _SUCCESS if result.success else ("failure", result.error or "error")
+                tests[outcome] = tests.get(outcome, 0) + 1
+                figures = result.figures
+                if not counted_keys.isdisjoint(figures):
+                    for figure in counted:
+                        if figure in figures:
+                            sums[figure] = sums.get(figure, 0.0) + figures[figure]
+            series.latest = latest
             if series.rtt is not None:
-                series.rtt.observe_many(result.samples)
+                # one result (a probe measuring many targets pushes a few of each) or many, samples joined
+                series.rtt.observe_many(group[0].samples if len(group) == 1 else
+                                        [sample for result in group for sample in result.samples])  # fmt: skip
 
     def saw_probe(
         self, probe: str, city: str, isp: str, labels: dict[str, str], stats: dict[str, float], now_ns: int,
@@ -203,7 +257,9 @@ class LiveState:
             if stored.probe_id not in allowed:
                 continue
             labels = series_labels(stored.probe_id, stored.city, stored.isp, stored.result)
-            self._offer_latest(self._series(labels, stored.result.kind, stored.received_ns), stored.result)
+            series = self._series(labels, stored.result.kind, stored.received_ns)
+            self._offer_latest(series, stored.result)
+            self._offer_info(series, stored.result)
         for record in probes:
             if record.probe_id in allowed:
                 self.probes[record.probe_id] = ProbeLive(
