@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -119,17 +120,25 @@ class Agent:
 
     async def _record(self, job: Job, result: Result) -> None:
         """The scheduler's sink: a result counts as measured once the spool has committed it."""
+        await self._record_group([(job, result)])
+
+    async def _record_group(self, measured: Sequence[tuple[Job, Result]]) -> None:
+        """The sink of tests that ran together: their results go to the spool in one hand-over."""
         assert self._spool is not None and self._uploader is not None
-        if job.plan:  # which plan the test was run under, for the record
-            result = msgspec.structs.replace(result, info={**result.info, "plan": job.plan})
+        # which plan each test was run under, for the record
+        results = [msgspec.structs.replace(result, info={**result.info, "plan": job.plan}) if job.plan else result
+                   for job, result in measured]  # fmt: skip
         try:
-            await self._spool.add(result)
+            outcomes: list[int | BaseException] = await self._spool.add_many(results)
         except Exception as error:  # noqa: BLE001 - a full or broken disk must not stop the scheduler
-            self.spool_failures += 1
-            log.error(kv("spool_add_failed", kind=result.kind, target=result.target.name,
-                         failures=self.spool_failures, error=f"{type(error).__name__}: {error}"))
-            return
-        self._uploader.notify()
+            outcomes = [error] * len(results)
+        for result, outcome in zip(results, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self.spool_failures += 1
+                log.error(kv("spool_add_failed", kind=result.kind, target=result.target.name,
+                             failures=self.spool_failures, error=f"{type(outcome).__name__}: {outcome}"))
+        if len(outcomes) > sum(isinstance(outcome, BaseException) for outcome in outcomes):
+            self._uploader.notify()
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the process exit code."""
@@ -148,7 +157,8 @@ class Agent:
         self._client = self._open_client()
         self._uploader = self._make_uploader(self._spool, self._client)
         self._upload_task = asyncio.create_task(self._uploader.run(), name="uploader")
-        self._scheduler = Scheduler(c.probe.id, self._record, c.scheduler.max_concurrency)
+        self._scheduler = Scheduler(c.probe.id, self._record, c.scheduler.max_concurrency,
+                                    sink_group=self._record_group)
         self._start_plan_client()
         self._scheduler.apply(self.jobs())
         counters = await self._spool.counters()

@@ -19,7 +19,7 @@ import logging
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
@@ -146,9 +146,10 @@ class Spool:
         self._last_drop_log = float("-inf")
         self._closed = False
         self._commit_delay = max(0.0, float(commit_delay))
-        # Results waiting for the next group commit, each with the future its add() awaits.
-        self._pending: list[tuple[Result, asyncio.Future[int]]] = []
+        # Results waiting for the next group commit, by the add() that brought them, with the future it awaits.
+        self._pending: list[tuple[list[Result], asyncio.Future[list[int | BaseException]]]] = []
         self._committer: asyncio.Task[None] | None = None
+        self._latest_counters: SpoolCounters | None = None  # as the last operation left them
         # All SQLite work runs on the spool's one connection thread, never on the event loop.
         self._sqlite = SqliteThread("qiancheng-spool")
         # Opening blocks the caller once, at start, for a few milliseconds; errors surface here.
@@ -163,16 +164,24 @@ class Spool:
 
     async def add(self, result: Result) -> int:
         """Number the result with the next seq, commit it (fsynced, with those added in the same tick), return the seq."""
+        (outcome,) = await self.add_many((result,))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def add_many(self, results: Sequence[Result]) -> list[int | BaseException]:
+        """`add` for several results with one future for all: for each, in order, its seq or the error that
+        kept it out of the spool (the others are stored all the same)."""
         if self._closed:
             raise RuntimeError(f"spool {self.path} is closed")
         loop = asyncio.get_running_loop()
-        committed: asyncio.Future[int] = loop.create_future()
-        self._pending.append((result, committed))
+        committed: asyncio.Future[list[int | BaseException]] = loop.create_future()
+        self._pending.append((list(results), committed))
         if self._committer is None or self._committer.get_loop() is not loop:  # none yet, or one of an ended loop
             self._committer = loop.create_task(self._commit_groups(), name="spool group commit")
-        # Shielded: a cancelled caller does not take the result out of its group; it is committed anyway,
-        # as one already handed to the spool thread always was.
-        return await asyncio.shield(committed)
+        # Not shielded: the results are in the group from now on, and a cancelled caller does not take them
+        # out of it (a cancelled future is passed over when the group's outcomes are handed out).
+        return await committed
 
     async def settle(self) -> None:
         """Wait until every result handed to add() is committed, so a final flush can send them all."""
@@ -198,7 +207,12 @@ class Spool:
 
     async def counters(self) -> SpoolCounters:
         """Totals and the current backlog."""
-        return await self._call(self._counters)
+        if self._closed:
+            raise RuntimeError(f"spool {self.path} is closed")
+        # Read after every operation, on the spool thread, as its last step: the uploader asks after every
+        # commit group, and a hop to the spool thread each time would cost more than the reading.
+        latest = self._latest_counters
+        return latest if latest is not None else await self._call(self._counters)
 
     def close(self) -> None:
         """Commit results still waiting for their group, close the database and its thread; safe to call twice.
@@ -210,7 +224,7 @@ class Spool:
         self._closed = True
         group, self._pending = self._pending, []
         if group:
-            _settle(group, self._sqlite.call(lambda: self._add_group([result for result, _ in group])))
+            _settle(group, self._sqlite.call(lambda: self._add_group([r for results, _ in group for r in results])))
         # A group already on the spool thread commits before the connection closes there; the committer
         # task then hands out its seqs and ends, seeing the spool closed.
         self._sqlite.call(lambda: self._log_drops(force=True))
@@ -224,14 +238,15 @@ class Spool:
             while self._pending and not self._closed:
                 await asyncio.sleep(self._commit_delay)
                 group, self._pending = self._pending, []
+                results = [result for added, _ in group for result in added]
                 try:
-                    outcomes = await self._call(self._add_group, [result for result, _ in group])
+                    outcomes = await self._call(self._add_group, results)
                 except asyncio.CancelledError:  # the event loop is shutting down
                     for _, committed in group:
                         committed.cancel()
                     raise
                 except Exception as error:  # noqa: BLE001 - handed to every add() of the group
-                    outcomes = [error] * len(group)
+                    outcomes = [error] * len(results)
                 _settle(group, outcomes)
         finally:
             if self._committer is asyncio.current_task():
@@ -242,10 +257,20 @@ class Spool:
             raise RuntimeError(f"spool {self.path} is closed")
         # If the awaiting task is cancelled, work already started still completes on the thread, and
         # every operation is one transaction, so the spool stays consistent.
-        return await self._sqlite.run(functools.partial(function, *args))
+        return await self._sqlite.run(functools.partial(self._then_count, function, *args))
 
     def _conn(self) -> sqlite3.Connection:
         return self._sqlite.db
+
+    def _then_count(self, function: Callable[..., _T], *args: object) -> _T:
+        """On the spool thread: an operation, then the counters as it left them, for `counters()`."""
+        try:
+            return function(*args)
+        finally:
+            try:
+                self._latest_counters = self._counters()
+            except Exception:  # noqa: BLE001 - unreadable now: counters() asks the database itself
+                self._latest_counters = None
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,10 +305,12 @@ class Spool:
                 before = _meta(db)
                 meta = dict(before)
                 outcomes: list[int | BaseException] = []
+                rows: list[tuple[int, int, int, bytes]] = []
                 for result in results:
-                    seq, removed, removed_bytes = self._add(db, meta, result)
+                    seq, removed, removed_bytes = self._add(db, meta, result, rows)
                     outcomes.append(seq)
                     dropped, dropped_bytes = dropped + removed, dropped_bytes + removed_bytes
+                _insert(db, rows)
                 # The totals change once per group, in the same transaction as the rows they count.
                 _bump(db, **{key: meta[key] - before[key] for key in _ADD_KEYS})
         except Exception as error:  # noqa: BLE001 - retried one by one below, each failure to its own caller
@@ -296,21 +323,22 @@ class Spool:
             self._log_drops()
         return outcomes
 
-    def _add(self, db: sqlite3.Connection, meta: dict[str, int], result: Result) -> tuple[int, int, int]:
-        """Within the caller's transaction: number and store one result, making room; `meta` is kept current.
-
-        Returns the seq, and how many results (and bytes) were dropped for it.
+    def _add(
+        self, db: sqlite3.Connection, meta: dict[str, int], result: Result, rows: list[tuple[int, int, int, bytes]]
+    ) -> tuple[int, int, int]:
+        """Within the caller's transaction: number one result and queue its row in `rows`, making room;
+        `meta` is kept current. Returns the seq, and how many results (and bytes) were dropped for it.
         """
         seq = meta["last_seq"] + 1
         payload = _encoder.encode(msgspec.structs.replace(result, seq=seq))
         size = len(payload)
-        removed, removed_bytes = self._make_room(db, meta["backlog_bytes"] + size - self.max_bytes)
+        need = meta["backlog_bytes"] + size - self.max_bytes
+        if need > 0:  # the queued rows go in first, so that room is made in the order results came
+            _insert(db, rows)
+        removed, removed_bytes = self._make_room(db, need)
         stored = meta["backlog_bytes"] - removed_bytes + size <= self.max_bytes
         if stored:
-            db.execute(
-                "INSERT INTO results(seq, spooled_ns, size, batch_id, payload) VALUES (?, ?, ?, NULL, ?)",
-                (seq, self._clock(), size, payload),
-            )
+            rows.append((seq, self._clock(), size, payload))
         # A result larger than the whole spool is dropped itself: keeping it would break the disk
         # bound the operator set. Its seq is still used up, and it is counted as measured and dropped.
         dropped = removed + (0 if stored else 1)
@@ -508,15 +536,24 @@ class _transaction:
             self.db.execute("ROLLBACK")
 
 
-def _settle(group: list[tuple[Result, asyncio.Future[int]]], outcomes: list[int | BaseException]) -> None:
-    """Hand each add() of a group its seq or its error."""
-    for (_, committed), outcome in zip(group, outcomes):
+def _settle(
+    group: list[tuple[list[Result], asyncio.Future[list[int | BaseException]]]], outcomes: list[int | BaseException]
+) -> None:
+    """Hand each add() of a group the seqs or errors of its results."""
+    position = 0
+    for results, committed in group:
+        mine = outcomes[position : position + len(results)]
+        position += len(results)
         if committed.done() or committed.get_loop().is_closed():  # its caller is gone: nothing to tell
             continue
-        if isinstance(outcome, BaseException):
-            committed.set_exception(outcome)
-        else:
-            committed.set_result(outcome)
+        committed.set_result(mine)
+
+
+def _insert(db: sqlite3.Connection, rows: list[tuple[int, int, int, bytes]]) -> None:
+    """Within the caller's transaction: store queued rows in one statement, and empty the queue."""
+    if rows:
+        db.executemany("INSERT INTO results(seq, spooled_ns, size, batch_id, payload) VALUES (?, ?, ?, NULL, ?)", rows)
+        rows.clear()
 
 
 def _meta(db: sqlite3.Connection) -> dict[str, int]:

@@ -30,6 +30,7 @@ import socket
 import struct
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from qiancheng.core.addresses import (
@@ -42,16 +43,17 @@ from qiancheng.core.addresses import (
     send_timestamp_ns,
     split_host_port,
 )
+from qiancheng.core.clock import monotonic
 from qiancheng.core.errors import MeasurementError
 from qiancheng.core.kind_settings import IcmpSettings
 from qiancheng.core.result import Target
-from qiancheng.core.stats import train_stats
+from qiancheng.core.stats import train_figures
 
-from .icmp_packet import ECHO_REPLY, build_echo_request, parse_echo_reply, parse_looped_request
+from .icmp_packet import ECHO_REPLY, build_echo_request, ones_complement_sum, parse_echo_reply, parse_looped_request
 from .mos import voice_figures
 from .outcome import Outcome
 
-__all__ = ["measure"]
+__all__ = ["measure", "measure_group"]
 
 _PROTOCOLS = {socket.AF_INET: socket.IPPROTO_ICMP, socket.AF_INET6: socket.IPPROTO_ICMPV6}
 _VERSIONS = {socket.AF_INET: 4, socket.AF_INET6: 6}
@@ -86,7 +88,8 @@ class _Train:
     duplicates: int = 0
     late: int = 0
     received: int = 0
-    complete: asyncio.Future[None] | None = None
+    #: called once every packet of the train is answered
+    on_answered: Callable[[], None] | None = None
 
     def transmitted(self, index: int, kernel_ns: int) -> None:
         if index < len(self.sent_kernel_ns):
@@ -110,8 +113,8 @@ class _Train:
             return
         self.samples[index] = seconds
         self.received += 1
-        if self.received == self.count and self.complete is not None and not self.complete.done():
-            self.complete.set_result(None)
+        if self.received == self.count and self.on_answered is not None:
+            self.on_answered()
 
 
 class _EchoSocket:
@@ -178,9 +181,9 @@ class _EchoSocket:
             if route is not None and route[0] is train:
                 del self._routes[sequence]
 
-    def send(self, address: str, sequence: int, payload: bytes) -> tuple[int, int]:
+    def send(self, address: str, sequence: int, payload: bytes, payload_sum: int | None = None) -> tuple[int, int]:
         """Send one echo request; returns the (wall, monotonic) clock reads taken right before it left."""
-        packet = build_echo_request(self.version, self.identifier, sequence, payload)
+        packet = build_echo_request(self.version, self.identifier, sequence, payload, payload_sum)
         sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
         self.sock.sendto(packet, (address, 0))
         return sent_wall_ns, sent_perf_ns
@@ -280,9 +283,10 @@ def _literal_address(host: str) -> tuple[socket.AddressFamily, str] | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _padding(size: int) -> bytes:
-    """The payload after the token: bytes counting up, as ping sends."""
-    return bytes(i & 0xFF for i in range(size))
+def _padding(size: int) -> tuple[bytes, int]:
+    """The payload after the token: bytes counting up, as ping sends; and their one's complement sum."""
+    padding = bytes(i & 0xFF for i in range(size))
+    return padding, ones_complement_sum(padding)
 
 
 def _finish(future: asyncio.Future[None]) -> None:
@@ -290,81 +294,226 @@ def _finish(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def measure(target: Target, settings: IcmpSettings) -> Outcome:
-    """One echo train: per-packet samples and the train's statistics."""
+class _Waiter:
+    """Wakes the coroutine of a group once none of its trains is open any more."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, trains: int) -> None:
+        self.open = trains
+        self.wake: asyncio.Future[None] = loop.create_future()
+
+    def closed(self) -> None:
+        self.open -= 1
+        if self.open == 0 and not self.wake.done():
+            self.wake.set_result(None)
+
+
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """One test of a group: its train on the shared socket, from the first send until it is closed."""
+
+    settings: IcmpSettings
+    waiter: _Waiter
+    address: str = ""
+    echo: _EchoSocket | None = None
+    train: _Train | None = None
+    sequences: list[int] = field(default_factory=list)
+    payload: bytes = b""
+    payload_sum: int = 0
+    send_errors: list[OSError] = field(default_factory=list)
+    error: MeasurementError | None = None
+    deadline_ns: int = 0  # perf_counter ns at which its last packet's reply is due
+    finished: float | None = None  # monotonic seconds at which it was closed
+
+    def start(self, echo: _EchoSocket, address: str) -> None:
+        """Register a train for `address` on `echo`: its replies are routed to it from now on."""
+        # The token only tells this train's replies from stale ones; it need not be secret, so no getrandom().
+        settings = self.settings
+        train = _Train(settings.count, float(settings.timeout), random.randbytes(_TOKEN_BYTES))
+        train.samples = [None] * settings.count
+        train.on_answered = self.close
+        padding, padding_sum = _padding(settings.size - _TOKEN_BYTES)
+        self.payload = train.token + padding
+        # the token has an even length, so the payload's sum is the token's plus the padding's (RFC 1071 §2)
+        self.payload_sum = ones_complement_sum(train.token) + padding_sum
+        self.echo, self.address, self.train = echo, address, train
+        self.sequences = echo.register(address, train)
+
+    def send(self, index: int) -> None:
+        """Send packet `index`; a send error loses that packet, except an unreachable first one, which ends the test."""
+        assert self.echo is not None and self.train is not None
+        train = self.train
+        try:
+            sent_wall_ns, sent_perf_ns = self.echo.send(self.address, self.sequences[index], self.payload, self.payload_sum)
+        except (BlockingIOError, InterruptedError) as error:  # a full send buffer: the packet is lost
+            self.send_errors.append(error)
+            sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
+        except OSError as error:
+            if error.errno in UNREACHABLE_ERRNOS and index == 0:
+                self.fail(MeasurementError("unreachable", f"{self.address}: {error.strerror}"))
+                return
+            self.send_errors.append(error)  # e.g. EPERM from a firewall: this packet is lost
+            sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
+        train.sent_wall_ns.append(sent_wall_ns)
+        train.sent_perf_ns.append(sent_perf_ns)
+        train.sent_kernel_ns.append(0)
+        self.deadline_ns = sent_perf_ns + int(train.timeout * 1e9)
+
+    def fail(self, error: MeasurementError) -> None:
+        self.error = error
+        self.close()
+
+    def close(self) -> None:
+        """Answered, expired or failed: stop routing its replies, so later ones count nowhere, as after a
+        train of its own."""
+        if self.finished is not None:
+            return
+        self.finished = monotonic()
+        if self.echo is not None and self.train is not None:
+            self.echo.unregister(self.sequences, self.train)
+            _release(self.echo)
+            self.train.on_answered = None  # no cycle between the two: freed as soon as the result is made
+        self.waiter.closed()
+
+    def outcome(self) -> Outcome | MeasurementError:
+        """What the test found: its samples and statistics, or the error that ended it."""
+        if self.error is not None:
+            return self.error
+        assert self.echo is not None and self.train is not None
+        train, settings, address = self.train, self.settings, self.address
+        figures = train_figures(train.samples, duplicates=train.duplicates, late=train.late)
+        received = train.received
+        kernel_sends = all(train.sent_kernel_ns[i] for i in range(settings.count) if train.samples[i] is not None)
+        info = {
+            "address": address,
+            "socket": self.echo.mode,
+            "size_bytes": str(settings.size),
+            "send_timestamps": "kernel" if kernel_sends and received else "clock",
+        }
+        reason: str | None = None
+        detail: str | None = None
+        send_errors = self.send_errors
+        if received == 0:
+            reason = "loss"
+            detail = f"no reply from {address} to {settings.count} echo requests within {float(settings.timeout):g} s"
+            if send_errors:
+                detail += f" ({len(send_errors)} not sent: {send_errors[0].strerror or send_errors[0]})"
+        elif send_errors:
+            info["send_errors"] = f"{len(send_errors)}: {send_errors[0].strerror or errno.errorcode.get(send_errors[0].errno or 0, '')}"
+        if received:  # the voice estimate takes half the median RTT as the one-way delay
+            voice = voice_figures(figures["rtt_median_seconds"] / 2, figures.get("jitter_seconds", 0.0), figures["loss_ratio"])
+            figures.update(voice)
+        return Outcome(error=reason, detail=detail, figures=figures, info=info, samples=train.samples)
+
+
+async def _address(target: Target, settings: IcmpSettings) -> tuple[socket.AddressFamily, str]:
+    """The family and address to ping; MeasurementError if the target has none."""
     try:
         host, _ = split_host_port(target.address, 0)
     except ValueError as error:
         raise MeasurementError("error", str(error)) from None
     literal = _literal_address(host)
     if literal is not None and settings.family in ("auto", _FAMILY_NAMES[literal[0]]):
-        family, address = literal
-    else:
-        family, address = await resolve(host, 0, settings.family, socket.SOCK_DGRAM)
-    loop = asyncio.get_running_loop()
-    # The token only tells this train's replies from stale ones; it need not be secret, so no getrandom().
-    train = _Train(settings.count, float(settings.timeout), random.randbytes(_TOKEN_BYTES))
-    train.complete = loop.create_future()
-    train.samples = [None] * settings.count
-    payload = train.token + _padding(settings.size - _TOKEN_BYTES)
-    echo = _acquire(family)
-    sequences = echo.register(address, train)
-    send_errors: list[OSError] = []
-    try:
-        first_send = loop.time()
-        for index, sequence in enumerate(sequences):
-            delay = first_send + index * float(settings.packet_interval) - loop.time()
-            if index and delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                sent_wall_ns, sent_perf_ns = echo.send(address, sequence, payload)
-            except (BlockingIOError, InterruptedError) as error:  # a full send buffer: the packet is lost
-                send_errors.append(error)
-                sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
-            except OSError as error:
-                if error.errno in UNREACHABLE_ERRNOS and index == 0:
-                    raise MeasurementError("unreachable", f"{address}: {error.strerror}") from None
-                send_errors.append(error)  # e.g. EPERM from a firewall: this packet is lost
-                sent_wall_ns, sent_perf_ns = time.time_ns(), time.perf_counter_ns()
-            train.sent_wall_ns.append(sent_wall_ns)
-            train.sent_perf_ns.append(sent_perf_ns)
-            train.sent_kernel_ns.append(0)
-        last_deadline = (train.sent_perf_ns[-1] - time.perf_counter_ns()) / 1e9 + float(settings.timeout)
-        if last_deadline > 0 and not train.complete.done():
-            # A plain timer rather than wait_for(): no task per train, which counts at thousands a second.
-            timer = loop.call_later(last_deadline, _finish, train.complete)
-            try:
-                await train.complete
-            finally:
-                timer.cancel()
-    finally:
-        echo.unregister(sequences, train)
-        _release(echo)
+        return literal
+    return await resolve(host, 0, settings.family, socket.SOCK_DGRAM)
 
-    stats = train_stats(train.samples, duplicates=train.duplicates, late=train.late)
-    kernel_sends = all(train.sent_kernel_ns[i] for i in range(settings.count) if train.samples[i] is not None)
-    info = {
-        "address": address,
-        "socket": echo.mode,
-        "size_bytes": str(settings.size),
-        "send_timestamps": "kernel" if kernel_sends and stats.received else "clock",
-    }
-    reason: str | None = None
-    detail: str | None = None
-    if stats.received == 0:
-        reason = "loss"
-        detail = f"no reply from {address} to {settings.count} echo requests within {float(settings.timeout):g} s"
-        if send_errors:
-            detail += f" ({len(send_errors)} not sent: {send_errors[0].strerror or send_errors[0]})"
-    elif send_errors:
-        info["send_errors"] = f"{len(send_errors)}: {send_errors[0].strerror or errno.errorcode.get(send_errors[0].errno or 0, '')}"
-    figures = stats.figures()
-    if stats.rtt_median is not None:  # the voice estimate takes half the median RTT as the one-way delay
-        figures.update(voice_figures(stats.rtt_median / 2, stats.jitter or 0.0, stats.loss_ratio))
-    return Outcome(
-        error=reason,
-        detail=detail,
-        figures=figures,
-        info=info,
-        samples=train.samples,
-    )
+
+async def _addresses(tests: Sequence[tuple[Target, IcmpSettings]]) -> list[tuple[socket.AddressFamily, str] | MeasurementError]:
+    """Each test's family and address, or why it has none; names are looked up together."""
+    found: list[tuple[socket.AddressFamily, str] | MeasurementError] = []
+    names: list[tuple[int, Target, IcmpSettings]] = []
+    for target, settings in tests:
+        try:
+            host, _ = split_host_port(target.address, 0)
+        except ValueError as error:
+            found.append(MeasurementError("error", str(error)))
+            continue
+        literal = _literal_address(host)
+        if literal is not None and settings.family in ("auto", _FAMILY_NAMES[literal[0]]):
+            found.append(literal)
+        else:
+            names.append((len(found), target, settings))
+            found.append(MeasurementError("resolve", host))  # replaced by the lookup below
+    if names:
+        looked_up = await asyncio.gather(*(_address(target, settings) for _, target, settings in names),
+                                         return_exceptions=True)
+        for (position, _, _), answer in zip(names, looked_up):
+            if isinstance(answer, BaseException) and not isinstance(answer, MeasurementError):
+                raise answer
+            found[position] = answer
+    return found
+
+
+async def measure(target: Target, settings: IcmpSettings) -> Outcome:
+    """One echo train: per-packet samples and the train's statistics."""
+    ((found, _),) = await measure_group([(target, settings)])
+    if isinstance(found, MeasurementError):
+        raise found
+    return found
+
+
+async def measure_group(tests: Sequence[tuple[Target, IcmpSettings]]) -> list[tuple[Outcome | MeasurementError, float]]:
+    """Trains that start together, each measured as `measure` would; for each, what it found (or why it
+    failed) and the monotonic time at which it ended.
+
+    Their packets of the same index leave in one pass and one coroutine waits for all of them: tests due in
+    the same wake-up of the scheduler cost one task, one timer and one wake-up instead of one each. The
+    packets of one pass go back to back, as the tests' own tasks would have sent them in that wake-up.
+    """
+    loop = asyncio.get_running_loop()
+    waiter = _Waiter(loop, len(tests))
+    flights = [_Flight(settings, waiter) for _, settings in tests]
+    sockets: dict[socket.AddressFamily, _EchoSocket] = {}
+    try:
+        for flight, where in zip(flights, await _addresses(tests)):
+            if isinstance(where, MeasurementError):
+                flight.fail(where)
+                continue
+            family, address = where
+            echo = sockets.get(family)
+            try:
+                if echo is None or echo.closed:
+                    echo = sockets[family] = _acquire(family)
+                else:
+                    echo.users += 1  # each train holds the socket until it is closed
+            except MeasurementError as error:
+                flight.fail(error)
+                continue
+            flight.start(echo, address)
+        # Packet i of a train leaves i packet intervals after the group's first send, in test order within a pass.
+        passes = sorted((index * float(flight.settings.packet_interval), order, index)
+                        for order, flight in enumerate(flights) if flight.error is None
+                        for index in range(flight.settings.count))  # fmt: skip
+        first_send = loop.time()
+        for offset, order, index in passes:
+            flight = flights[order]
+            if flight.finished is not None:  # its first packet found no route
+                continue
+            if index and (delay := first_send + offset - loop.time()) > 0:
+                await asyncio.sleep(delay)
+            flight.send(index)
+        await _until_closed(loop, flights, waiter)
+    finally:
+        for flight in flights:
+            flight.close()
+    return [(flight.outcome(), flight.finished or monotonic()) for flight in flights]
+
+
+async def _until_closed(loop: asyncio.AbstractEventLoop, flights: list[_Flight], waiter: _Waiter) -> None:
+    """Until every train is answered or its last packet's timeout has passed, closing each as it expires."""
+    while waiter.open:
+        now_ns = time.perf_counter_ns()
+        open_flights = [flight for flight in flights if flight.finished is None]
+        for flight in open_flights:
+            if flight.deadline_ns <= now_ns:
+                flight.close()
+        if not waiter.open:
+            return
+        # A plain timer rather than wait_for(): no task per wait, which counts at thousands a second.
+        next_deadline = min(flight.deadline_ns for flight in open_flights if flight.finished is None)
+        timer = loop.call_later((next_deadline - now_ns) / 1e9, _finish, waiter.wake)
+        try:
+            await waiter.wake
+        finally:
+            timer.cancel()
+        if waiter.wake.done() and waiter.open:  # woken by the timer: wait again with a fresh future
+            waiter.wake = loop.create_future()

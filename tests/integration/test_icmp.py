@@ -12,7 +12,7 @@ import pytest
 from qiancheng.core.kind_settings import IcmpSettings
 from qiancheng.core.result import Result, Target
 from qiancheng.core.units import Duration
-from qiancheng.probes.measure import run
+from qiancheng.probes.measure import run, run_group
 from tests.integration.helpers import probe_once_json, require_root, require_tool
 
 TRAIN = IcmpSettings(count=20, packet_interval=Duration(0.01), timeout=Duration(0.5))
@@ -91,3 +91,26 @@ def test_without_any_icmp_privilege_the_result_says_how_to_grant_it() -> None:
     )
     assert result["success"] is False and result["error"] == "permission"
     assert "CAP_NET_RAW" in result["detail"] and "ping_group_range" in result["detail"]
+
+
+def test_a_group_gives_each_test_the_result_it_would_get_alone() -> None:
+    require_root()
+    settings = IcmpSettings(count=3, packet_interval=Duration(0.01), timeout=Duration(0.5))
+    targets = [Target(name=f"t{i}", address=a) for i, a in enumerate(["127.0.0.1", "::1", "127.77.0.9", "127.77.0.10"])]
+    targets.append(Target(name="bad", address="[::1"))  # no closing bracket: fails alone, not the group
+
+    async def grouped_then_alone() -> tuple[list[Result], list[Result]]:
+        grouped = await run_group("icmp", [(target, settings) for target in targets])
+        return grouped, [await run("icmp", target, settings) for target in targets]
+
+    grouped, alone = asyncio.run(grouped_then_alone())
+    for together, by_itself in zip(grouped, alone):
+        assert together.target == by_itself.target
+        assert (together.success, together.error, together.detail) == (by_itself.success, by_itself.error, by_itself.detail)
+        assert together.info == by_itself.info and list(together.figures) == list(by_itself.figures)
+        assert len(together.samples) == len(by_itself.samples)
+    for result in grouped[:-1]:
+        assert result.success and result.figures["packets_received"] == 3 and result.info["send_timestamps"] == "kernel"
+        assert all(s is not None and 0 < s < 0.005 for s in result.samples)
+        assert result.duration_seconds < 0.4  # ended at its last reply, not at the timeout
+    assert grouped[-1].error == "error" and "bracket" in (grouped[-1].detail or "")

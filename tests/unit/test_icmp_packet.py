@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import IPv6, ICMPv6EchoReply, ICMPv6EchoRequest
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 
 from qiancheng.probes.measure.icmp_packet import build_echo_request, checksum, parse_echo_reply
 
@@ -79,3 +79,25 @@ def test_a_looped_back_reply_or_runt_is_not_a_request() -> None:
     assert parse_looped_request(4, bytes(14) + reply) is None
     assert parse_looped_request(4, bytes(30)) is None
     assert parse_looped_request(6, bytes(14) + reply) is None
+
+
+@pytest.mark.parametrize("size", [16, 17, 56, 1000])
+def test_a_payload_sum_given_once_builds_the_same_packet(size: int) -> None:
+    from qiancheng.probes.measure.icmp_packet import ones_complement_sum
+
+    for token in (bytes(8), b"\xff" * 8, bytes(range(200, 208))):
+        payload = token + bytes(i & 0xFF for i in range(size - 8))
+        # the sender sums the token and the padding apart, unfolded: the packet must not change
+        given = ones_complement_sum(token) + ones_complement_sum(payload[8:])
+        for identifier, sequence in ((0, 0), (0xFFFF, 0xFFFF), (0x1234, 40000)):
+            packet = build_echo_request(4, identifier, sequence, payload, given)
+            assert packet == build_echo_request(4, identifier, sequence, payload)
+            assert checksum(packet) == 0  # a correct checksum makes the whole message sum to all ones
+
+
+def test_a_looped_back_request_with_a_header_longer_than_its_packet_is_skipped() -> None:
+    from qiancheng.probes.measure.icmp_packet import parse_looped_request
+
+    # IHL 15 (60 bytes) in a 28-byte packet whose length field matches: no ICMP header behind it
+    bogus = bytes([0x4F, 0, 0, 28]) + bytes(24)
+    assert parse_looped_request(4, bogus) is None

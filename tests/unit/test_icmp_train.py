@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from qiancheng.probes.measure.icmp import _Train
 
 TOKEN = b"12345678"
@@ -62,12 +60,12 @@ def test_replies_without_the_train_token_are_ignored() -> None:
 
 
 def test_the_train_completes_when_every_packet_is_answered() -> None:
-    async def scenario() -> bool:
-        train = _train(count=2)
-        train.complete = asyncio.get_running_loop().create_future()
-        train.reply(0, TOKEN, kernel_ns=None, perf_ns=5_001 * MS)
-        assert not train.complete.done()
-        train.reply(1, TOKEN, kernel_ns=None, perf_ns=5_011 * MS)
-        return train.complete.done()
-
-    assert asyncio.run(scenario())
+    answered: list[int] = []
+    train = _train(count=2)
+    train.on_answered = lambda: answered.append(train.received)
+    train.reply(0, TOKEN, kernel_ns=None, perf_ns=5_001 * MS)
+    assert answered == []
+    train.reply(0, TOKEN, kernel_ns=None, perf_ns=5_002 * MS)  # a duplicate completes nothing
+    assert answered == []
+    train.reply(1, TOKEN, kernel_ns=None, perf_ns=5_011 * MS)
+    assert answered == [2]

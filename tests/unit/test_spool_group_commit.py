@@ -162,3 +162,29 @@ def test_a_spool_serves_one_event_loop_after_another(tmp_path: Path) -> None:
     finally:
         spool.close()
     assert stored_seqs(tmp_path / "spool.db") == [1, 2]
+
+
+async def test_add_many_numbers_its_results_in_order_with_those_added_alone(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_bytes=1 << 30, commit_delay=0.02)
+    alone, many = await asyncio.gather(spool.add(result(0)), spool.add_many([result(i) for i in range(1, 6)]))
+    assert [alone, *many] == list(range(alone, alone + 6))
+    assert stored_seqs(tmp_path / "spool.db") == [alone, *many]
+    spool.close()
+
+
+async def test_counters_follow_every_operation_without_asking_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path, max_bytes=1 << 30, commit_delay=0.0)
+    await spool.add_many([result(i) for i in range(4)])
+    counters = await spool.counters()
+    assert (counters.measured_total, counters.backlog) == (4, 4)
+    batch = await spool.next_batch(3)
+    assert batch is not None
+    await spool.ack(batch.batch_id)
+    counters = await spool.counters()
+    assert (counters.measured_total, counters.acked_total, counters.backlog) == (4, 3, 1)
+    with sqlite3.connect(path) as db:  # what the database itself says
+        (spooled_ns,) = db.execute("SELECT spooled_ns FROM results ORDER BY seq LIMIT 1").fetchone()
+        backlog_bytes = db.execute("SELECT value FROM meta WHERE key = 'backlog_bytes'").fetchone()[0]
+    assert (counters.oldest_pending_ns, counters.backlog_bytes) == (spooled_ns, backlog_bytes)
+    spool.close()

@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 
 from qiancheng.core.result import is_figure_name
-from qiancheng.core.stats import TrainStats, ipdv, mean_abs_ipdv, median, percentile, train_stats
+from qiancheng.core.stats import TrainStats, ipdv, mean_abs_ipdv, median, percentile, train_figures, train_stats
 
 ms = 1e-3
 
@@ -263,3 +263,20 @@ def test_ping_inflates_mdev_when_the_mean_is_not_a_whole_microsecond() -> None:
     stats = train_stats([t / 1e6 for t in rtts_us])
     assert stats.rtt_stddev == pytest.approx(exact_us / 1e6, rel=1e-9)
     assert our_summary(stats).endswith("/1.896 ms")
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [[0.000043], [None], [0.0], [1e-9], [None, 0.002], [0.002, None, 0.004], [0.001, 0.002, 0.0015, None, 0.003]],
+)
+def test_train_figures_are_the_statistics_figures_in_the_same_order(samples: list[float | None]) -> None:
+    figures = train_figures(samples, duplicates=2, late=1)
+    expected = train_stats(samples, duplicates=2, late=1).figures()
+    assert figures == expected and list(figures) == list(expected)
+
+
+def test_one_sample_statistics_are_the_sample_itself() -> None:
+    stats = train_stats([None, 0.0123, None])
+    assert (stats.sent, stats.received, stats.loss_ratio) == (3, 1, 2 / 3)
+    assert stats.rtt_min == stats.rtt_mean == stats.rtt_median == stats.rtt_p95 == stats.rtt_max == 0.0123
+    assert (stats.rtt_stddev, stats.jitter, stats.pdv_p99) == (0.0, None, 0.0)
