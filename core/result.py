@@ -12,6 +12,7 @@ from .errors import QianchengError
 
 __all__ = [
     "BadKey",
+    "BadName",
     "FIGURE_PATTERN",
     "REASONS",
     "TARGET_CLASSES",
@@ -45,50 +46,83 @@ NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$(?!\n)"
 FIGURE_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$(?!\n)"
 _figure_name = re.compile(FIGURE_PATTERN)
 
-Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 Text = Annotated[str, msgspec.Meta(max_length=1024)]
 
-# The keys of `figures` and `info` are checked in Result.__post_init__, not by a `pattern` on the dict's key
-# type: msgspec runs that regex on every key of every result (about 70% of the time to decode an icmp
-# result), while the same few dozen names recur in every result, so a set of names already accepted
-# answers almost every key at C speed. The schema still documents the pattern.
+# Names and keys are checked in __post_init__ (Target's and Result's), not by a `pattern` in the type:
+# msgspec runs that regex on every value it decodes (about half the time to decode an icmp result, a
+# quarter of the collector's CPU per result), while the same few dozen kinds, classes, target names and
+# figure names recur in every batch, so a set of values already accepted answers almost every check at C
+# speed. The schema still documents each pattern. __post_init__ also runs when a struct is built in code,
+# so a name is checked however it was made.
 _KEYS_SCHEMA: Final = msgspec.Meta(extra_json_schema={"propertyNames": {"pattern": FIGURE_PATTERN}})
-_accepted_keys: set[str] = set()
-# bounds the memory a sender inventing fresh valid names can take; past it, new names are checked each time
-_MAX_ACCEPTED_KEYS: Final = 4096
+#: the pattern of a kind, a target class and a failure reason
+WORD_PATTERN: Final = r"^[a-z][a-z0-9_]{0,31}$(?!\n)"
 
 
-class BadKey(QianchengError, ValueError):
+class BadName(QianchengError, ValueError):
+    """A name that does not match its pattern; `field` names where it was (`kind`, `name`, `figures`, ...)."""
+
+    def __init__(self, field: str, value: object, pattern: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"Expected `str` matching regex {pattern!r}")
+
+
+class BadKey(BadName):
     """A `figures` or `info` key that does not match FIGURE_PATTERN; `field` names the mapping."""
 
     def __init__(self, field: str, key: object) -> None:
-        self.field = field
+        super().__init__(field, key, FIGURE_PATTERN)
         self.key = key
         # a key is at most as long as the body that carried it: show its start and its length
         shown = f"{key[:64]!r}... ({len(key)} characters)" if isinstance(key, str) and len(key) > 72 else repr(key)
-        super().__init__(f"Invalid key {shown}: expected `str` matching regex {FIGURE_PATTERN!r}")
+        self.args = (f"Invalid key {shown}: expected `str` matching regex {FIGURE_PATTERN!r}",)
 
 
-def _check_keys(field: str, mapping: Mapping[str, object]) -> None:
-    if mapping.keys() <= _accepted_keys:
-        return
-    for key in mapping:
-        if key in _accepted_keys:
-            continue
-        if not isinstance(key, str) or not is_figure_name(key):
-            raise BadKey(field, key)
-        if len(_accepted_keys) < _MAX_ACCEPTED_KEYS:
-            _accepted_keys.add(key)
+class _Vocabulary:
+    """Values already found to match `pattern`, so that a value seen before costs a set lookup. Bounded:
+    past `limit` values (a sender inventing fresh valid names), new ones are checked each time."""
+
+    def __init__(self, pattern: str, limit: int) -> None:
+        self.pattern = pattern
+        self._search = re.compile(pattern).search  # search, as msgspec applies a pattern
+        self._known: set[str] = set()
+        self._limit = limit
+
+    def check(self, field: str, value: object) -> None:
+        if value in self._known:
+            return
+        if not isinstance(value, str) or self._search(value) is None:
+            raise BadName(field, value, self.pattern)
+        if len(self._known) < self._limit:
+            self._known.add(value)
+
+    def check_keys(self, field: str, mapping: Mapping[str, object]) -> None:
+        if mapping.keys() <= self._known:
+            return
+        for key in mapping:
+            try:
+                self.check(field, key)
+            except BadName:
+                raise BadKey(field, key) from None
+
+
+_words = _Vocabulary(WORD_PATTERN, 4096)
+_names = _Vocabulary(NAME_PATTERN, 65536)  # target names: a fleet's targets, a few dozen per city
+_figure_names = _Vocabulary(FIGURE_PATTERN, 4096)
+Word = Annotated[str, msgspec.Meta(extra_json_schema={"pattern": WORD_PATTERN})]
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """What was measured: a name, an address (host, IP, host:port or URL) and a class such as `edge`."""
 
-    name: Name
+    name: Annotated[str, msgspec.Meta(extra_json_schema={"pattern": NAME_PATTERN})]
     address: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
-    target_class: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")] = msgspec.field(
-        default="edge", name="class"
-    )
+    target_class: Word = msgspec.field(default="edge", name="class")
+
+    def __post_init__(self) -> None:
+        _names.check("name", self.name)
+        _words.check("class", self.target_class)
 
 
 Address = Annotated[str, msgspec.Meta(max_length=64)]  # an IPv4 or IPv6 address as text
@@ -138,12 +172,12 @@ class Result(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     a `path` result traced, in flow and TTL order. `seq` is 0 until the spool numbers the result.
     """
 
-    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")]
+    kind: Word
     target: Target
     start_ns: Annotated[int, msgspec.Meta(ge=0)]
     duration_seconds: Annotated[float, msgspec.Meta(ge=0)]
     success: bool
-    error: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$(?!\n)")] | None = None
+    error: Word | None = None
     detail: Text | None = None
     figures: Annotated[dict[str, float], _KEYS_SCHEMA] = {}
     info: Annotated[dict[str, Text], _KEYS_SCHEMA] = {}
@@ -152,10 +186,13 @@ class Result(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     seq: Annotated[int, msgspec.Meta(ge=0)] = 0
 
     def __post_init__(self) -> None:
-        # msgspec also calls this after decoding (wire, spool), turning BadKey into a ValidationError at the
-        # result's path; decode_batch then narrows that path to the mapping
-        _check_keys("figures", self.figures)
-        _check_keys("info", self.info)
+        # msgspec also calls this after decoding (wire, spool), turning BadName into a ValidationError at the
+        # result's path; decode_batch then narrows that path to the field
+        _words.check("kind", self.kind)
+        if self.error is not None:
+            _words.check("error", self.error)
+        _figure_names.check_keys("figures", self.figures)
+        _figure_names.check_keys("info", self.info)
 
 
 def failure(

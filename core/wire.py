@@ -6,7 +6,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-from .result import NAME_PATTERN, BadKey, Result
+from .result import NAME_PATTERN, BadName, Result
 
 __all__ = ["Batch", "Label", "LABEL_VALUE_PATTERN", "RESULTS_PATH", "MAX_RESULTS_PER_BATCH", "PLAN_HEADER",
            "USER_AGENT_PREFIX", "encode_batch", "decode_batch"]
@@ -55,9 +55,9 @@ def decode_batch(body: bytes) -> Batch:
     try:
         return _decoder.decode(body)
     except msgspec.ValidationError as error:
-        if not isinstance(bad := error.__cause__, BadKey):
+        if not isinstance(bad := error.__cause__, BadName):
             raise
-        # msgspec names the result the key was found in (`$.results[3]`); name the mapping as well
+        # msgspec names the struct the name was found in (`$.results[3]`); name the field as well
         _, at, path = str(error).rpartition(" - at `")
         result_path = path.rstrip("`") if at else "$"
         raise msgspec.ValidationError(f"{bad} - at `{result_path}.{bad.field}`") from None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import re
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -21,7 +23,8 @@ from rich.table import Table
 from qiancheng.core.configfile import decode_hook
 from qiancheng.core.kind_settings import KindSettings, settings_problem
 from qiancheng.core.kinds import EXCLUSIVE_KINDS, kind_named
-from qiancheng.core.result import Result, Target
+from qiancheng.core.result import BadName, Result, Target
+from qiancheng.core.targets import split_host_port
 
 from . import measure
 from .measure.progress import PathProgress, path_progress_callback, progress_callback
@@ -54,8 +57,12 @@ def _once_settings(kind: str, args: argparse.Namespace) -> KindSettings:
 
 
 def _once_target(address: str, target_class: str) -> Target:
-    name = (urlsplit(address).hostname or address) if "://" in address else address
-    return Target(name=name, address=address, target_class=target_class)
+    """The target `address` names, named after its host (a target name allows only NAME_PATTERN's characters)."""
+    host = (urlsplit(address).hostname if "://" in address else split_host_port(address)[0]) or address
+    if host.startswith(":"):  # an IPv6 address such as ::1, written out in full to start with a digit
+        host = ipaddress.ip_address(host).exploded
+    name = re.sub(r"[^A-Za-z0-9_.:\-]", "_", host)[:128]
+    return Target(name=name if name[:1].isalnum() else f"t{name[:127]}", address=address, target_class=target_class)
 
 
 async def _measure_all(targets: Sequence[Target], kinds: Sequence[str], settings: Sequence[KindSettings]) -> list[Result]:
@@ -69,7 +76,11 @@ def run_once(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"qiancheng-probe once: {error}", file=sys.stderr)
         return 2
-    targets = [_once_target(t, args.target_class) for t in args.targets]
+    try:
+        targets = [_once_target(t, args.target_class) for t in args.targets]
+    except BadName as error:
+        print(f"qiancheng-probe once: --class {args.target_class!r}: {error}", file=sys.stderr)
+        return 2
     work = _measure_all(targets, kinds, settings)
     if not args.json and "path" in kinds:
         results = _run_with_path_table(work)

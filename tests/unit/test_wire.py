@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from qiancheng.core.result import BadKey, Result, Target, failure
+from qiancheng.core.result import BadKey, BadName, Result, Target, failure
 from qiancheng.core.stats import train_stats
 from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, Batch, decode_batch, encode_batch
 
@@ -145,6 +145,10 @@ def test_a_failure_with_a_long_detail_still_fits_the_wire() -> None:
         (body(result(kind="")), "$.results[0].kind", "matching regex"),
         (body(result(kind="k" * 33)), "$.results[0].kind", "matching regex"),
         (body(result(error="Timeout")), "$.results[0].error", "matching regex"),
+        (body(result(target={**GOOD_RESULT["target"], "name": "edge west"})), "$.results[0].target.name",
+         "matching regex"),
+        (body(result(target={**GOOD_RESULT["target"], "name": "edge\n"})), "$.results[0].target.name", "matching regex"),
+        (body(result(target={**GOOD_RESULT["target"], "class": "Edge"})), "$.results[0].target.class", "matching regex"),
         (body(probe_id="p 1"), "$.probe_id", "matching regex"),
         (body(batch_id="short"), "$.batch_id", "matching regex"),
         (body(labels={"Site": "x"}), "$.labels", "matching regex"),
@@ -207,6 +211,16 @@ def test_a_key_refused_once_is_refused_again() -> None:
     # valid names are remembered to skip the regex; a refused one must not be
     for _ in range(2):
         assert refused(body(result(figures={"Bad": 1.0})))[1] == "$.results[0].figures"
+        assert refused(body(result(kind="Icmp")))[1] == "$.results[0].kind"
+        assert refused(body(result(target={**GOOD_RESULT["target"], "name": "-x"})))[1] == "$.results[0].target.name"
+
+
+def test_a_target_with_a_bad_name_cannot_be_built() -> None:
+    with pytest.raises(BadName) as caught:
+        Target(name="edge west", address="198.18.0.1")
+    assert (caught.value.field, caught.value.value) == ("name", "edge west")
+    with pytest.raises(BadName, match="matching regex"):
+        Target(name="edge", address="198.18.0.1", target_class="Edge")
 
 
 def test_a_result_decoded_alone_refuses_a_bad_key_too() -> None:
