@@ -45,7 +45,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from qiancheng.core.clock import wall_ns
 from qiancheng.core.logs import kv
-from qiancheng.core.wire import Batch, decode_batch
+from qiancheng.core.wire import Batch, Sent, decode_batch_as_sent
 
 from .auth import authenticate
 from .bodies import Ack, encode
@@ -184,7 +184,7 @@ class Ingest:
         if wait := self._rates.request(probe, self._monotonic()):
             raise _too_many(f"probe {probe!r} pushes faster than limits.requests_per_second", wait)
         try:
-            batch = await self._read_batch(request)
+            batch, sent = await self._read_batch(request)
         except Refused as refused:
             self._state.count_batch("rejected")
             self._refused(request, refused.status, refused.error, probe, refused.field)
@@ -207,7 +207,7 @@ class Ingest:
         try:
             # shielded: once the commit is under way, a client that hangs up or a server stopping must
             # not cut the bookkeeping after it, or /metrics would disagree with the store
-            outcome = await asyncio.shield(self._commit(batch, received_ns, software))
+            outcome = await asyncio.shield(self._commit(batch, sent, received_ns, software))
         except StoreError as error:
             log.error(kv("store_failed", probe=probe, batch=batch.batch_id, error=error))
             raise Refused(
@@ -217,7 +217,8 @@ class Ingest:
         ack = Ack(accepted=len(batch.results), duplicate=outcome.duplicate, stored=outcome.stored)
         return web.Response(body=encode(ack), content_type="application/json")
 
-    async def _read_batch(self, request: web.Request) -> Batch:
+    async def _read_batch(self, request: web.Request) -> tuple[Batch, Sent]:
+        """The batch in the request's body, and each of its results as sent (the SQLite store keeps them)."""
         _check_content_type(request)
         gzip = _is_gzip(request)
         limit = int(self._limits.max_body_bytes)
@@ -233,8 +234,8 @@ class Ingest:
             raise Refused(400, f"incomplete request body: {error}") from None
         try:
             if len(body) > _DECODE_INLINE_BYTES:
-                return await asyncio.to_thread(decode_batch, body)
-            return decode_batch(body)
+                return await asyncio.to_thread(decode_batch_as_sent, body)
+            return decode_batch_as_sent(body)
         except msgspec.DecodeError as error:
             raise refusal_for_decode_error(error) from None
 
@@ -290,10 +291,10 @@ class Ingest:
         return Refused(422, f"probe {batch.probe_id!r} would report {names} targets, more than "
                             f"limits.max_targets_per_probe ({limit})", f"$.results[{beyond[0]}].target.name")  # fmt: skip
 
-    async def _commit(self, batch: Batch, received_ns: int, software: tuple[str, str]) -> BatchOutcome:
+    async def _commit(self, batch: Batch, sent: Sent, received_ns: int, software: tuple[str, str]) -> BatchOutcome:
         """Store the batch, then account it; `software`: the probe's (version, plan version)."""
         started = time.perf_counter()
-        outcome = await self._store.store_batch(batch, received_ns)
+        outcome = await self._store.store_batch(batch, received_ns, sent)
         state = self._state
         state.observe_commit(time.perf_counter() - started)
         # every time, duplicates too: a retried batch fills what an earlier failed cache write missed

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 from aiohttp import web
 
 from qiancheng.core.errors import QianchengError
-from qiancheng.core.wire import Batch
+from qiancheng.core.wire import Batch, Sent
 
 from ..config import StoreConfig
 from ..records import BatchOutcome, PathChange, ProbeRecord, SeriesKey, SeriesWindow, StoredResult, WindowRow
@@ -54,8 +54,9 @@ class Store(Protocol):
 
     backend: str
 
-    async def store_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
-        """Store a batch in one durable transaction; returns only once it is committed."""
+    async def store_batch(self, batch: Batch, received_ns: int, sent: Sent | None = None) -> BatchOutcome:
+        """Store a batch in one durable transaction; returns only once it is committed. `sent`: each
+        result as the probe sent it (JSON), for a backend that keeps results as sent."""
         ...
 
     async def latest(

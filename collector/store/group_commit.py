@@ -1,7 +1,7 @@
 """Group commit: batches that arrive while a commit is under way are written together in the next one.
 
 A durable commit costs about the same for one batch as for ten (an fsync, the WAL frames of the pages
-every batch touches: the series index's last leaves, `latest`, `probes`), so batches stored at the same
+every batch touches: the series index's last leaves, `series`, `probes`), so batches stored at the same
 time share one transaction instead of queueing for one each. Nothing waits on a timer: a batch that
 finds no commit under way is written at once; those arriving during it go together next, up to
 `max_results` results a transaction.
@@ -21,20 +21,28 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from qiancheng.core.logs import kv
-from qiancheng.core.wire import Batch
+from qiancheng.core.wire import Batch, Sent
 
 from ..records import BatchOutcome
 
-__all__ = ["GroupCommit", "WriteGroup", "MAX_GROUP_RESULTS"]
+__all__ = ["GroupCommit", "BatchWrite", "WriteGroup", "MAX_GROUP_RESULTS"]
 
 log = logging.getLogger("qiancheng.collector.store")
 
-#: writes (batch, received_ns) pairs in one transaction, in order, and returns their outcomes in order;
-#: raises, with nothing committed, if the transaction failed
-WriteGroup = Callable[[Sequence[tuple[Batch, int]]], Awaitable[list[BatchOutcome]]]
+class BatchWrite(NamedTuple):
+    """One batch to write: the batch, when it was received (UTC ns), and its results as sent, if kept."""
+
+    batch: Batch
+    received_ns: int
+    sent: Sent | None = None
+
+
+#: writes batches in one transaction, in order, and returns their outcomes in order; raises, with nothing
+#: committed, if the transaction failed
+WriteGroup = Callable[[Sequence[BatchWrite]], Awaitable[list[BatchOutcome]]]
 
 #: the most results one transaction takes (it holds its pages in memory until it commits); a single
 #: batch larger than this is still written, alone
@@ -43,8 +51,7 @@ MAX_GROUP_RESULTS: Final = 10_000
 
 @dataclass(slots=True)
 class _Waiting:
-    batch: Batch
-    received_ns: int
+    write: BatchWrite
     answer: asyncio.Future[BatchOutcome]
 
 
@@ -60,10 +67,10 @@ class GroupCommit:
         self.groups = 0
         self.batches = 0
 
-    async def store(self, batch: Batch, received_ns: int) -> BatchOutcome:
+    async def store(self, batch: Batch, received_ns: int, sent: Sent | None = None) -> BatchOutcome:
         """Store one batch; returns once the transaction holding it committed, raises what failed it."""
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(batch, received_ns, loop.create_future())
+        waiting = _Waiting(BatchWrite(batch, received_ns, sent), loop.create_future())
         self._waiting.append(waiting)
         if self._committer is None:
             self._committer = loop.create_task(self._commit_waiting(), name="group-commit")
@@ -93,16 +100,16 @@ class GroupCommit:
 
     def _take_group(self) -> list[_Waiting]:
         group = [self._waiting.popleft()]
-        results = len(group[0].batch.results)
-        while self._waiting and results + len(self._waiting[0].batch.results) <= self._max_results:
+        results = len(group[0].write.batch.results)
+        while self._waiting and results + len(self._waiting[0].write.batch.results) <= self._max_results:
             waiting = self._waiting.popleft()
-            results += len(waiting.batch.results)
+            results += len(waiting.write.batch.results)
             group.append(waiting)
         return group
 
     async def _commit(self, group: list[_Waiting]) -> None:
         try:
-            outcomes = await self._write([(waiting.batch, waiting.received_ns) for waiting in group])
+            outcomes = await self._write([waiting.write for waiting in group])
         except Exception as error:
             if len(group) == 1:
                 _settle(group[0], error)

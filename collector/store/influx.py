@@ -35,7 +35,7 @@ from influxdb_client.rest import ApiException
 
 from qiancheng.core.logs import kv
 from qiancheng.core.result import Result
-from qiancheng.core.wire import Batch
+from qiancheng.core.wire import Batch, Sent
 
 from ..config import InfluxConfig
 from ..records import PathChange, path_change
@@ -119,8 +119,9 @@ class InfluxStore:
             log.warning(kv("store_unreachable", url=config.url, effect="batches get 503 until it answers"))
         return store
 
-    async def store_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
-        """Write the batch's new results in one request; returns once the server accepted it."""
+    async def store_batch(self, batch: Batch, received_ns: int, sent: Sent | None = None) -> BatchOutcome:
+        """Write the batch's new results in one request; returns once the server accepted it (`sent` is not
+        used: the points are written from the decoded results)."""
         memory = self._memory.setdefault(batch.probe_id, _ProbeMemory())
         async with memory.lock:  # one write per probe at a time: a retry waits for its first try
             if batch.batch_id in memory.batches:

@@ -14,7 +14,7 @@ connection and thread, and the SLA's window reads a third, so a judgement pass n
 request; under WAL no reader blocks the writer.
 
 This module is the only code that speaks SQL to the collector's database, the SLA's reads included:
-`windows()` scans each series' results in a time range through the `results_series` index.
+`windows()` scans each series' results in a time range through the `records_series` index.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from qiancheng.core.result import Hop, Result, Target
+from qiancheng.core.result import Result
 from qiancheng.core.sqlite_thread import SqliteThread
-from qiancheng.core.wire import Batch
+from qiancheng.core.wire import Batch, Sent
 
 from ..records import (
     BatchOutcome,
@@ -41,15 +41,17 @@ from ..records import (
     path_change,
 )
 from . import StoreError
-from .group_commit import GroupCommit
+from .group_commit import BatchWrite, GroupCommit
 
-__all__ = ["SqliteStore", "SCHEMA_VERSION", "SERIES_SQL", "WINDOW_SQL"]
+__all__ = ["SqliteStore", "SCHEMA_VERSION", "LATEST_SQL", "SERIES_SQL", "WINDOW_SQL"]
 
 T = TypeVar("T")
 
-#: 2 added results.hops and the path_changes table (a version-1 database is upgraded in place)
-SCHEMA_VERSION: Final = 2
+#: 2 added results.hops and the path_changes table; 3 keeps each result as the probe sent it (JSON) under
+#: an integer series, with `results` a view of the old columns (an older database is upgraded in place)
+SCHEMA_VERSION: Final = 3
 
+#: (no `;` but between statements: an upgrade runs it statement by statement inside its transaction)
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS batches (
     probe_id    TEXT    NOT NULL,
@@ -60,41 +62,48 @@ CREATE TABLE IF NOT EXISTS batches (
     PRIMARY KEY (probe_id, batch_id)
 ) WITHOUT ROWID;
 
-CREATE TABLE IF NOT EXISTS results (
-    probe_id         TEXT    NOT NULL,
-    seq              INTEGER NOT NULL,
-    batch_id         TEXT    NOT NULL,
-    city             TEXT    NOT NULL,
-    isp              TEXT    NOT NULL,
-    kind             TEXT    NOT NULL,
-    target_name      TEXT    NOT NULL,
-    target_address   TEXT    NOT NULL,
-    target_class     TEXT    NOT NULL,
-    start_ns         INTEGER NOT NULL,  -- when the test started, UTC ns: the result's true time
-    duration_seconds REAL    NOT NULL,
-    success          INTEGER NOT NULL,
-    error            TEXT,
-    detail           TEXT,
-    figures          TEXT    NOT NULL,  -- JSON object, base units
-    info             TEXT    NOT NULL,  -- JSON object
-    samples          TEXT    NOT NULL,  -- JSON array, seconds, null for a lost packet
-    received_ns      INTEGER NOT NULL,  -- when the collector stored it (late results differ a lot)
-    hops             TEXT    NOT NULL DEFAULT '[]',  -- JSON array of a path result's hops (core.result.Hop)
-    PRIMARY KEY (probe_id, seq)
+-- one measured series: who measured what, how, and under which labels (a probe given another city,
+-- ISP or target class starts new series, as Prometheus would), with its latest result by start time
+-- then seq, kept up to date in each batch's transaction, so that "latest per series" is a lookup
+CREATE TABLE IF NOT EXISTS series (
+    id              INTEGER PRIMARY KEY,
+    probe_id        TEXT    NOT NULL,
+    target_name     TEXT    NOT NULL,
+    kind            TEXT    NOT NULL,
+    city            TEXT    NOT NULL,
+    isp             TEXT    NOT NULL,
+    target_class    TEXT    NOT NULL,
+    latest_start_ns INTEGER NOT NULL,
+    latest_seq      INTEGER NOT NULL,
+    UNIQUE (probe_id, target_name, kind, city, isp, target_class)
+);
+
+-- every stored result, as the probe sent it: what a batch adds is a row here, one entry in the probe's
+-- seq index and one at the end of its series in records_series (integers: a few bytes)
+CREATE TABLE IF NOT EXISTS records (
+    probe_id    TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    series      INTEGER NOT NULL,  -- series.id
+    batch_id    TEXT    NOT NULL,
+    start_ns    INTEGER NOT NULL,  -- when the test started, UTC ns: the result's true time
+    received_ns INTEGER NOT NULL,  -- when the collector stored it (late results differ a lot)
+    result      BLOB    NOT NULL,  -- the result (core.result.Result) in JSON, as the probe sent it
+    UNIQUE (probe_id, seq)
 );
 -- one series over time (SLA windows, history of a target)
-CREATE INDEX IF NOT EXISTS results_series ON results (probe_id, target_name, kind, start_ns);
+CREATE INDEX IF NOT EXISTS records_series ON records (series, start_ns);
 
--- the latest result (by start time, then seq) of each series, kept up to date in the batch's
--- transaction, so that "latest per series" is a lookup rather than a scan of every result
-CREATE TABLE IF NOT EXISTS latest (
-    probe_id    TEXT    NOT NULL,
-    target_name TEXT    NOT NULL,
-    kind        TEXT    NOT NULL,
-    start_ns    INTEGER NOT NULL,
-    seq         INTEGER NOT NULL,
-    PRIMARY KEY (probe_id, target_name, kind)
-) WITHOUT ROWID;
+-- the columns of schema 2, for queries by hand (sqlite3) and tools: read only, and slower than the tables
+CREATE VIEW IF NOT EXISTS results AS
+SELECT r.probe_id, r.seq, r.batch_id, s.city, s.isp, s.kind, s.target_name,
+       json_extract(r.json, '$.target.address') AS target_address, s.target_class, r.start_ns,
+       json_extract(r.json, '$.duration_seconds') AS duration_seconds, json_extract(r.json, '$.success') AS success,
+       json_extract(r.json, '$.error') AS error, json_extract(r.json, '$.detail') AS detail,
+       coalesce(json_extract(r.json, '$.figures'), '{}') AS figures,
+       coalesce(json_extract(r.json, '$.info'), '{}') AS info,
+       coalesce(json_extract(r.json, '$.samples'), '[]') AS samples, r.received_ns,
+       coalesce(json_extract(r.json, '$.hops'), '[]') AS hops
+FROM (SELECT *, CAST(result AS TEXT) AS json FROM records) r JOIN series s ON s.id = r.series;
 
 -- every traced path that differed from the probe's previous one to the same target, kept with the batch
 CREATE TABLE IF NOT EXISTS path_changes (
@@ -119,27 +128,56 @@ CREATE TABLE IF NOT EXISTS probes (
 ) WITHOUT ROWID;
 """
 
+#: schema 2 → 3, in the upgrade's transaction: its `results` table becomes `series` and `records`, each
+#: result written out as the JSON a probe sends (json_object leaves out nothing: null is read as absent;
+#: 17 digits: the number read back is the one stored)
+_UPGRADE_FROM_2: Final = (
+    "ALTER TABLE results RENAME TO results_v2",
+    "DROP INDEX IF EXISTS results_series",
+    _SCHEMA,
+    "INSERT INTO series (probe_id, target_name, kind, city, isp, target_class, latest_start_ns, latest_seq)"
+    " SELECT probe_id, target_name, kind, city, isp, target_class, start_ns, seq FROM ("
+    "  SELECT *, ROW_NUMBER() OVER (PARTITION BY probe_id, target_name, kind, city, isp, target_class"
+    "   ORDER BY start_ns DESC, seq DESC) AS n FROM results_v2) WHERE n = 1",
+    "INSERT INTO records (probe_id, seq, series, batch_id, start_ns, received_ns, result)"
+    " SELECT o.probe_id, o.seq, s.id, o.batch_id, o.start_ns, o.received_ns, CAST(json_object("
+    "  'kind', o.kind, 'target', json_object('name', o.target_name, 'address', o.target_address, 'class', o.target_class),"
+    "  'start_ns', o.start_ns, 'duration_seconds', json(printf('%!.17g', o.duration_seconds)),"
+    "  'success', json(CASE WHEN o.success THEN 'true' ELSE 'false' END), 'error', o.error, 'detail', o.detail,"
+    "  'figures', json(o.figures), 'info', json(o.info), 'samples', json(o.samples), 'hops', json(o.hops),"
+    "  'seq', o.seq) AS BLOB)"
+    " FROM results_v2 o JOIN series s ON s.probe_id = o.probe_id AND s.target_name = o.target_name"
+    "  AND s.kind = o.kind AND s.city = o.city AND s.isp = o.isp AND s.target_class = o.target_class",
+    "DROP TABLE results_v2",
+    "DROP TABLE IF EXISTS latest",  # (absent from a version-1 database made by hand)
+)
+
 _INSERT_BATCH: Final = "INSERT INTO batches (probe_id, batch_id, received_ns, results, stored) VALUES (?, ?, ?, ?, ?)"
-_INSERT_RESULT: Final = (
-    "INSERT OR IGNORE INTO results (probe_id, seq, batch_id, city, isp, kind, target_name, target_address,"
-    " target_class, start_ns, duration_seconds, success, error, detail, figures, info, samples, received_ns, hops)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_RECORD: Final = (
+    "INSERT OR IGNORE INTO records (probe_id, seq, series, batch_id, start_ns, received_ns, result)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_FIND_SERIES: Final = (
+    "SELECT id FROM series WHERE probe_id = ? AND target_name = ? AND kind = ? AND city = ? AND isp = ?"
+    " AND target_class = ?"
+)
+_INSERT_SERIES: Final = (
+    "INSERT INTO series (probe_id, target_name, kind, city, isp, target_class, latest_start_ns, latest_seq)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_LATEST: Final = (
+    "UPDATE series SET latest_start_ns = ?1, latest_seq = ?2 WHERE id = ?3 AND (?1, ?2) > (latest_start_ns, latest_seq)"
 )
 _INSERT_PATH_CHANGE: Final = (
     "INSERT OR IGNORE INTO path_changes (probe_id, target_name, start_ns, seq, fingerprint, previous_fingerprint)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
-#: the newest ?4 path changes of each (probe, target), optionally filtered, newest first
+#: the newest ?3 path changes of each (probe, target), optionally filtered, newest first
 PATH_CHANGES_SQL: Final = (
     "SELECT probe_id, target_name, start_ns, fingerprint, previous_fingerprint FROM ("
     " SELECT *, ROW_NUMBER() OVER (PARTITION BY probe_id, target_name ORDER BY start_ns DESC, seq DESC) AS n"
     " FROM path_changes WHERE (?1 IS NULL OR probe_id = ?1) AND (?2 IS NULL OR target_name = ?2))"
     " WHERE n <= ?3 ORDER BY probe_id, target_name, start_ns DESC, seq DESC"
-)
-_UPSERT_LATEST: Final = (
-    "INSERT INTO latest (probe_id, target_name, kind, start_ns, seq) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (probe_id, target_name, kind) DO UPDATE SET start_ns = excluded.start_ns, seq = excluded.seq"
-    " WHERE (excluded.start_ns, excluded.seq) > (latest.start_ns, latest.seq)"
 )
 _UPSERT_PROBE: Final = (
     "INSERT INTO probes (probe_id, city, isp, labels, stats, last_seen_ns, batches, results)"
@@ -148,23 +186,28 @@ _UPSERT_PROBE: Final = (
     " stats = excluded.stats, last_seen_ns = excluded.last_seen_ns, batches = batches + 1,"
     " results = results + excluded.results"
 )
-_RESULT_COLUMNS: Final = (
-    "r.probe_id, r.city, r.isp, r.received_ns, r.kind, r.target_name, r.target_address, r.target_class,"
-    " r.start_ns, r.duration_seconds, r.success, r.error, r.detail, r.figures, r.info, r.samples, r.seq, r.hops"
+#: what a StoredResult is made of (_stored_result), from `series s` and `records r`
+_STORED_COLUMNS: Final = "s.probe_id, s.city, s.isp, r.received_ns, r.result"
+#: the latest result of each (probe, target, kind), optionally filtered: of its series (one per set of
+#: labels it was stored under), the one with the latest result
+LATEST_SQL: Final = (
+    f"SELECT {_STORED_COLUMNS} FROM ("
+    " SELECT *, ROW_NUMBER() OVER (PARTITION BY probe_id, target_name, kind"
+    "  ORDER BY latest_start_ns DESC, latest_seq DESC) AS n FROM series"
+    " WHERE (?1 IS NULL OR probe_id = ?1) AND (?2 IS NULL OR target_name = ?2) AND (?3 IS NULL OR kind = ?3)) s"
+    " JOIN records r ON r.probe_id = s.probe_id AND r.seq = s.latest_seq"
+    " WHERE s.n = 1 ORDER BY s.probe_id, s.target_name, s.kind"
 )
-#: every (probe, target, kind) whose latest result started at or after ?1, with the labels of that result
+#: every series whose latest result started at or after ?1, with its labels
 SERIES_SQL: Final = (
-    "SELECT l.probe_id, r.city, r.isp, l.target_name, r.target_class, l.kind"
-    " FROM latest l JOIN results r ON r.probe_id = l.probe_id AND r.seq = l.seq"
-    " WHERE l.start_ns >= ?1 ORDER BY l.probe_id, l.target_name, l.kind"
+    "SELECT id, probe_id, city, isp, target_name, target_class, kind FROM series"
+    " WHERE latest_start_ns >= ?1 ORDER BY probe_id, target_name, kind, city, isp, target_class"
 )
-#: one series' results that started within [?4, ?5], oldest first (a range scan of results_series)
+#: one series' results that started within [?2, ?3], oldest first (a range scan of records_series)
 WINDOW_SQL: Final = (
-    "SELECT start_ns, success, figures, samples FROM results"
-    " WHERE probe_id = ?1 AND target_name = ?2 AND kind = ?3 AND start_ns >= ?4 AND start_ns <= ?5"
-    " ORDER BY start_ns"
+    "SELECT start_ns, result FROM records WHERE series = ?1 AND start_ns >= ?2 AND start_ns <= ?3 ORDER BY start_ns"
 )
-_PRUNE_SERIES: Final = "DELETE FROM results WHERE probe_id = ? AND target_name = ? AND kind = ? AND start_ns < ?"
+_PRUNE_SERIES: Final = "DELETE FROM records WHERE series = ? AND start_ns < ?"
 #: SQLite's default cap on bound parameters is 32766; stay well below it
 _IN_CHUNK: Final = 500
 #: bytes per page of a database this store creates
@@ -173,47 +216,32 @@ _NEW_PAGE_SIZE: Final = 16384
 _WRITER_CACHE_KIB: Final = 16384
 
 _encode = msgspec.json.Encoder().encode
+_decode_result = msgspec.json.Decoder(Result).decode
 _decode_figures = msgspec.json.Decoder(dict[str, float]).decode
 _decode_info = msgspec.json.Decoder(dict[str, str]).decode
-_decode_samples = msgspec.json.Decoder(list[float | None]).decode
-_decode_hops = msgspec.json.Decoder(list[Hop]).decode
-_NO_HOPS: Final = "[]"
+
+
+class _WindowFields(msgspec.Struct):
+    """What an SLA window reads of a stored result (the rest of its JSON is skipped, not decoded)."""
+
+    success: bool
+    figures: dict[str, float] = {}
+    samples: list[float | None] = []
+
+
+_decode_window_fields = msgspec.json.Decoder(_WindowFields).decode
+
+#: a series as the writer finds it: (probe, target name, kind, city, ISP, target class)
+SeriesLabels = tuple[str, str, str, str, str, str]
 
 
 def _json(value: object) -> str:
     return _encode(value).decode()
 
 
-def _result_rows(batch: Batch, results: Sequence[Result], received_ns: int) -> list[tuple[Any, ...]]:
-    """The `results` rows of `batch`'s results (one comprehension: this runs for every stored result)."""
-    probe, batch_id, city, isp = batch.probe_id, batch.batch_id, batch.city, batch.isp
-    return [
-        (probe, r.seq, batch_id, city, isp, r.kind, t.name, t.address, t.target_class, r.start_ns,
-         r.duration_seconds, int(r.success), r.error, r.detail, _json(r.figures), _json(r.info), _json(r.samples),
-         received_ns, _json(r.hops) if r.hops else _NO_HOPS)
-        for r in results
-        for t in (r.target,)
-    ]  # fmt: skip
-
-
 def _stored_result(row: Sequence[Any]) -> StoredResult:
-    (probe_id, city, isp, received_ns, kind, name, address, target_class, start_ns, duration, success,
-     error, detail, figures, info, samples, seq, hops) = row  # fmt: skip
-    result = Result(
-        kind=kind,
-        target=Target(name=name, address=address, target_class=target_class),
-        start_ns=start_ns,
-        duration_seconds=duration,
-        success=bool(success),
-        error=error,
-        detail=detail,
-        figures=_decode_figures(figures),
-        info=_decode_info(info),
-        samples=_decode_samples(samples),
-        hops=_decode_hops(hops) if hops != _NO_HOPS else [],
-        seq=seq,
-    )
-    return StoredResult(probe_id=probe_id, city=city, isp=isp, received_ns=received_ns, result=result)
+    probe_id, city, isp, received_ns, result = row
+    return StoredResult(probe_id=probe_id, city=city, isp=isp, received_ns=received_ns, result=_decode_result(result))
 
 
 class SqliteStore:
@@ -228,6 +256,9 @@ class SqliteStore:
         self._window_reader = SqliteThread("sqlite-windows")
         #: batches stored together: one transaction for those waiting while a commit is under way
         self.commits = GroupCommit(self._commit_group)
+        #: series labels → series.id, as committed (the writer thread's own: cleared when a transaction
+        #: rolls back or a prune deletes series, so it never names a row that is not there)
+        self._series_ids: dict[SeriesLabels, int] = {}
         self._closed = False
 
     @classmethod
@@ -272,30 +303,58 @@ class SqliteStore:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path!r} has schema {version}, newer than this collector's {SCHEMA_VERSION}")
-            if version == 1:  # results gain their hops; the new table comes with the script below
-                db.execute("ALTER TABLE results ADD COLUMN hops TEXT NOT NULL DEFAULT '[]'")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if 0 < version < SCHEMA_VERSION:
+                self._upgrade(db, version)
+            else:
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             db.close()
             raise
         return db
 
-    def _write_group(self, group: Sequence[tuple[Batch, int]]) -> list[BatchOutcome]:
-        """Write (batch, received_ns) pairs in one transaction, in order; nothing is kept if one fails."""
-        db = self._writer.db
-        # IMMEDIATE takes the write lock now, so nothing can change between the checks and the inserts
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection, version: int) -> None:
+        """Bring a database of an older schema to this one, in one transaction (kept whole or not at all)."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            outcomes = [self._insert_batch(db, batch, received_ns) for batch, received_ns in group]
+            if version == 1:  # results gain their hops; path_changes comes with the schema
+                db.execute("ALTER TABLE results ADD COLUMN hops TEXT NOT NULL DEFAULT '[]'")
+            for statement in _UPGRADE_FROM_2:
+                for part in statement.split(";"):  # the schema script, one statement at a time
+                    if part.strip():
+                        db.execute(part)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _write_group(self, group: Sequence[BatchWrite]) -> list[BatchOutcome]:
+        """Write batches in one transaction, in order; nothing is kept if one fails."""
+        db = self._writer.db
+        # IMMEDIATE takes the write lock now, so nothing can change between the checks and the inserts
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            outcomes = [self._insert_batch(db, *write) for write in group]
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self._series_ids.clear()  # series made in the transaction are gone with it
+            raise
         return outcomes
 
-    def _insert_batch(self, db: sqlite3.Connection, batch: Batch, received_ns: int) -> BatchOutcome:
+    def _series_id(self, db: sqlite3.Connection, labels: SeriesLabels, start_ns: int, seq: int) -> int:
+        """The id of the series with `labels`, made (with this result as its latest) if it is new."""
+        found = db.execute(_FIND_SERIES, labels).fetchone()
+        series = int(found[0]) if found else db.execute(_INSERT_SERIES, (*labels, start_ns, seq)).lastrowid
+        assert series is not None
+        self._series_ids[labels] = series
+        return series
+
+    def _insert_batch(self, db: sqlite3.Connection, batch: Batch, received_ns: int, sent: Sent | None) -> BatchOutcome:
         """One batch's rows, inside the group's transaction: it sees what batches before it wrote."""
         seen = db.execute(
             "SELECT 1 FROM batches WHERE probe_id = ? AND batch_id = ?", (batch.probe_id, batch.batch_id)
@@ -304,23 +363,31 @@ class SqliteStore:
             return BatchOutcome(duplicate=True)
         existing = self._stored_starts(db, batch.probe_id, [r.seq for r in batch.results])
         new: list[Result] = []
+        rows: list[tuple[Any, ...]] = []
+        latest: dict[int, tuple[int, int]] = {}  # series → its latest (start_ns, seq) in this batch
         conflicts = 0
-        for result in batch.results:
+        probe, batch_id, city, isp, series_ids = batch.probe_id, batch.batch_id, batch.city, batch.isp, self._series_ids
+        for index, result in enumerate(batch.results):
             stored_start = existing.get(result.seq)
-            if stored_start is None:
-                existing[result.seq] = result.start_ns  # a seq repeated inside the batch is stored once
-                new.append(result)
-            elif stored_start != result.start_ns:
-                conflicts += 1
-        db.executemany(_INSERT_RESULT, _result_rows(batch, new, received_ns))
+            if stored_start is not None:
+                conflicts += stored_start != result.start_ns
+                continue
+            existing[result.seq] = result.start_ns  # a seq repeated inside the batch is stored once
+            new.append(result)
+            target = result.target
+            labels = (probe, target.name, result.kind, city, isp, target.target_class)
+            series = series_ids.get(labels) or self._series_id(db, labels, result.start_ns, result.seq)
+            rows.append((probe, result.seq, series, batch_id, result.start_ns, received_ns,
+                         _encode(result) if sent is None else sent[index]))  # fmt: skip
+            mark = (result.start_ns, result.seq)
+            if mark > latest.get(series, (-1, -1)):
+                latest[series] = mark
+        db.executemany(_INSERT_RECORD, rows)
         changes = [(r, change) for r in new if (change := path_change(batch.probe_id, r)) is not None]
         if changes:
             db.executemany(_INSERT_PATH_CHANGE, [(c.probe_id, c.target, c.start_ns, r.seq, c.fingerprint,
                                                   c.previous_fingerprint) for r, c in changes])  # fmt: skip
-        db.executemany(
-            _UPSERT_LATEST,
-            [(batch.probe_id, r.target.name, r.kind, r.start_ns, r.seq) for r in _latest_per_series(new)],
-        )
+        db.executemany(_UPDATE_LATEST, [(start_ns, seq, series) for series, (start_ns, seq) in latest.items()])
         db.execute(_INSERT_BATCH, (batch.probe_id, batch.batch_id, received_ns, len(batch.results), len(new)))
         db.execute(
             _UPSERT_PROBE,
@@ -336,7 +403,7 @@ class SqliteStore:
         low, high = min(seqs), max(seqs)
         if high - low < 2 * len(seqs):  # the usual dense run: one range scan of the primary key
             rows: Iterable[tuple[int, int]] = db.execute(
-                "SELECT seq, start_ns FROM results WHERE probe_id = ? AND seq BETWEEN ? AND ?", (probe_id, low, high)
+                "SELECT seq, start_ns FROM records WHERE probe_id = ? AND seq BETWEEN ? AND ?", (probe_id, low, high)
             )
             return dict(rows)
         found: dict[int, int] = {}
@@ -344,7 +411,7 @@ class SqliteStore:
         for start in range(0, len(unique), _IN_CHUNK):
             chunk = unique[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            found.update(db.execute(f"SELECT seq, start_ns FROM results WHERE probe_id = ? AND seq IN ({marks})",
+            found.update(db.execute(f"SELECT seq, start_ns FROM records WHERE probe_id = ? AND seq IN ({marks})",
                                     (probe_id, *chunk)))  # fmt: skip
         return found
 
@@ -354,13 +421,12 @@ class SqliteStore:
         db.execute("CREATE INDEX IF NOT EXISTS batches_received ON batches (received_ns)")
         db.execute("BEGIN IMMEDIATE")
         try:
-            # every series with results has a `latest` row (it holds the series' newest start), so the
-            # per-series range deletes on results_series reach every old result without a table scan
-            series = db.execute("SELECT probe_id, target_name, kind FROM latest").fetchall()
+            # every result belongs to a series, so the per-series range deletes on records_series reach
+            # every old result without a table scan; a series whose latest result is old has no other left
             removed = 0
-            for probe_id, target, kind in series:
-                removed += db.execute(_PRUNE_SERIES, (probe_id, target, kind, before_ns)).rowcount
-            db.execute("DELETE FROM latest WHERE start_ns < ?", (before_ns,))
+            for (series,) in db.execute("SELECT id FROM series").fetchall():
+                removed += db.execute(_PRUNE_SERIES, (series, before_ns)).rowcount
+            db.execute("DELETE FROM series WHERE latest_start_ns < ?", (before_ns,))
             db.execute("DELETE FROM path_changes WHERE start_ns < ?", (before_ns,))
             db.execute("DELETE FROM batches WHERE received_ns < ?", (before_ns,))
             db.execute("COMMIT")
@@ -368,6 +434,8 @@ class SqliteStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        finally:
+            self._series_ids.clear()
         return removed
 
     # -- the reader threads --------------------------------------------------------------------------
@@ -384,26 +452,24 @@ class SqliteStore:
     def _read_windows(self, since_ns: int, until_ns: int) -> list[SeriesWindow]:
         db = self._window_reader.db
         out: list[SeriesWindow] = []
-        for labels in db.execute(SERIES_SQL, (since_ns,)).fetchall():
-            key = SeriesKey(*labels)
-            rows = [
-                WindowRow(start_ns=start, success=bool(success), figures=_decode_figures(figures),
-                          samples=_decode_samples(samples))
-                for start, success, figures, samples in db.execute(
-                    WINDOW_SQL, (key.probe, key.target, key.kind, since_ns, until_ns)
-                )
-            ]  # fmt: skip
-            out.append((key, rows))
+        for series, *labels in db.execute(SERIES_SQL, (since_ns,)).fetchall():
+            rows = []
+            for start, result in db.execute(WINDOW_SQL, (series, since_ns, until_ns)):
+                fields = _decode_window_fields(result)
+                rows.append(WindowRow(start_ns=start, success=fields.success, figures=fields.figures,
+                                      samples=fields.samples))  # fmt: skip
+            out.append((SeriesKey(*labels), rows))
         return out
 
     # -- the Store protocol --------------------------------------------------------------------------
 
-    async def store_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
+    async def store_batch(self, batch: Batch, received_ns: int, sent: Sent | None = None) -> BatchOutcome:
         """Store a batch durably; returns once the commit holding it is on disk. Batches stored while a
-        commit is under way share the next transaction (group_commit.py)."""
-        return await self.commits.store(batch, received_ns)
+        commit is under way share the next transaction (group_commit.py). `sent`: each result as the
+        probe sent it, kept as it is (else each is encoded here)."""
+        return await self.commits.store(batch, received_ns, sent)
 
-    async def _commit_group(self, group: Sequence[tuple[Batch, int]]) -> list[BatchOutcome]:
+    async def _commit_group(self, group: Sequence[BatchWrite]) -> list[BatchOutcome]:
         return await self._run(self._writer.run(lambda: self._write_group(group)))
 
     async def prune(self, before_ns: int) -> int:
@@ -416,12 +482,7 @@ class SqliteStore:
         self, probe_id: str | None = None, target: str | None = None, kind: str | None = None
     ) -> list[StoredResult]:
         """The latest result of each (probe, target, kind), optionally filtered."""
-        sql = (
-            f"SELECT {_RESULT_COLUMNS} FROM latest l JOIN results r ON r.probe_id = l.probe_id AND r.seq = l.seq"
-            " WHERE (?1 IS NULL OR l.probe_id = ?1) AND (?2 IS NULL OR l.target_name = ?2) AND (?3 IS NULL OR l.kind = ?3)"
-            " ORDER BY l.probe_id, l.target_name, l.kind"
-        )
-        rows = await self._query(sql, (probe_id, target, kind))
+        rows = await self._query(LATEST_SQL, (probe_id, target, kind))
         return [_stored_result(row) for row in rows]
 
     async def probes(self, probe_id: str | None = None) -> list[ProbeRecord]:
@@ -447,8 +508,8 @@ class SqliteStore:
 
     async def path_before(self, probe_id: str, target: str, before_ns: int) -> StoredResult | None:
         """The latest `path` result of (probe, target) that started before `before_ns` (the SLA's blame)."""
-        sql = (f"SELECT {_RESULT_COLUMNS} FROM results r WHERE r.probe_id = ? AND r.target_name = ? AND r.kind = 'path'"
-               " AND r.start_ns < ? ORDER BY r.start_ns DESC, r.seq DESC LIMIT 1")  # fmt: skip
+        sql = (f"SELECT {_STORED_COLUMNS} FROM series s JOIN records r ON r.series = s.id WHERE s.probe_id = ?"
+               " AND s.target_name = ? AND s.kind = 'path' AND r.start_ns < ? ORDER BY r.start_ns DESC, r.seq DESC LIMIT 1")  # fmt: skip
         rows = await self._query(sql, (probe_id, target, before_ns))
         return _stored_result(rows[0]) if rows else None
 
@@ -459,13 +520,13 @@ class SqliteStore:
 
     async def count(self, probe_id: str | None = None) -> int:
         """Results stored (a full count: for tests and checks, not for every request)."""
-        sql = "SELECT COUNT(*) FROM results WHERE (?1 IS NULL OR probe_id = ?1)"
+        sql = "SELECT COUNT(*) FROM records WHERE (?1 IS NULL OR probe_id = ?1)"
         rows = await self._query(sql, (probe_id,))
         return int(rows[0][0])
 
     async def results_for(self, probe_id: str) -> list[StoredResult]:
         """Every stored result of one probe, by seq (an export of the record; InfluxDB has its own query API)."""
-        sql = f"SELECT {_RESULT_COLUMNS} FROM results r WHERE r.probe_id = ? ORDER BY r.seq"
+        sql = f"SELECT {_STORED_COLUMNS} FROM records r JOIN series s ON s.id = r.series WHERE r.probe_id = ? ORDER BY r.seq"
         rows = await self._query(sql, (probe_id,))
         return [_stored_result(row) for row in rows]
 
@@ -497,13 +558,3 @@ class SqliteStore:
         await self._reader.close()
         await self._writer.close()
 
-
-def _latest_per_series(results: Iterable[Result]) -> list[Result]:
-    """The result with the greatest (start_ns, seq) of each (target name, kind) among `results`."""
-    best: dict[tuple[str, str], Result] = {}
-    for result in results:
-        key = (result.target.name, result.kind)
-        current = best.get(key)
-        if current is None or (result.start_ns, result.seq) > (current.start_ns, current.seq):
-            best[key] = result
-    return list(best.values())

@@ -20,7 +20,7 @@ from qiancheng.collector.store import BatchOutcome, Store
 from qiancheng.collector.store.sqlite import SqliteStore
 from qiancheng.core.result import Result, Target
 from qiancheng.core.token_bucket import TokenBucket
-from qiancheng.core.wire import Batch, encode_batch
+from qiancheng.core.wire import Batch, Sent, encode_batch
 
 TOKEN = "token-limits-0123456789"
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -108,10 +108,10 @@ class _HeldStore:
         self.release = asyncio.Event()
         self.waiting = 0
 
-    async def store_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
+    async def store_batch(self, batch: Batch, received_ns: int, sent: Sent | None = None) -> BatchOutcome:
         self.waiting += 1
         await self.release.wait()
-        return await self.inner.store_batch(batch, received_ns)
+        return await self.inner.store_batch(batch, received_ns, sent)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)

@@ -91,7 +91,7 @@ async def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None
     finally:
         await store.close()
     with sqlite3.connect(file) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def _hop_point(result: Result, hop: Hop) -> str:

@@ -22,7 +22,7 @@ from qiancheng.collector.sla.profiles import load_sla_profiles
 from qiancheng.collector.store import BatchOutcome, Store, StoreError
 from qiancheng.collector.store.sqlite import _PRUNE_SERIES, SqliteStore
 from qiancheng.core.result import Result, Target
-from qiancheng.core.wire import Batch, encode_batch
+from qiancheng.core.wire import Batch, Sent, encode_batch
 
 S = 1_000_000_000
 NOW = 1_800_000_000 * S
@@ -72,11 +72,11 @@ async def test_prune_deletes_what_no_window_reaches_through_the_indexes(tmp_path
     assert removed == 3 and cache.pruned == 3
     assert rows(path, "SELECT probe_id, seq FROM results ORDER BY probe_id, seq") == [("p1", 3), ("p1", 4)]
     # the silent series and its batch are gone too: nothing in the cache grows with time
-    assert rows(path, "SELECT probe_id, target_name FROM latest") == [("p1", "edge-1")]
+    assert rows(path, "SELECT probe_id, target_name FROM series") == [("p1", "edge-1")]
     assert rows(path, "SELECT batch_id FROM batches ORDER BY received_ns") == [("batch-b-edge",), ("batch-b-young",)]
     with sqlite3.connect(path) as db:
-        plan = " ".join(str(r[-1]) for r in db.execute("EXPLAIN QUERY PLAN " + _PRUNE_SERIES, ("p1", "edge-1", "icmp", NOW)))
-        assert "USING INDEX results_series (probe_id=? AND target_name=? AND kind=? AND start_ns<?)" in plan
+        plan = " ".join(str(r[-1]) for r in db.execute("EXPLAIN QUERY PLAN " + _PRUNE_SERIES, (1, NOW)))
+        assert "USING INDEX records_series (series=? AND start_ns<?)" in plan
         plan = " ".join(str(r[-1]) for r in db.execute("EXPLAIN QUERY PLAN DELETE FROM batches WHERE received_ns < ?", (NOW,)))
         assert "USING COVERING INDEX batches_received (received_ns<?)" in plan
 
@@ -159,7 +159,7 @@ class Clock:
 class RefusingStore(SqliteStore):
     """Stands in for an InfluxDB that is down: every write fails."""
 
-    async def store_batch(self, batch: Batch, received_ns: int) -> BatchOutcome:
+    async def store_batch(self, batch: Batch, received_ns: int, sent: Sent | None = None) -> BatchOutcome:
         raise StoreError("influx http://127.0.0.1:9: connection refused")
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from qiancheng.core.result import BadKey, BadName, Result, Target, failure
 from qiancheng.core.stats import train_stats
-from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, Batch, decode_batch, encode_batch
+from qiancheng.core.wire import MAX_RESULTS_PER_BATCH, Batch, decode_batch, decode_batch_as_sent, encode_batch
 
 START_NS = 1_700_000_000_000_000_000
 # msgspec names the root by no path at all, and the mapping of a bad key by "- at `key` in `$.labels`"
@@ -46,6 +46,10 @@ def refused(data: bytes) -> tuple[str, str]:
     with pytest.raises(msgspec.ValidationError) as caught:
         decode_batch(data)
     message = str(caught.value)
+    # the collector's decoder, which keeps each result as sent, refuses alike, at the same path
+    with pytest.raises(msgspec.ValidationError) as caught_as_sent:
+        decode_batch_as_sent(data)
+    assert str(caught_as_sent.value) == message
     match = _AT_PATH.search(message)
     return (message[: match.start()], match[1]) if match else (message, "$")
 
@@ -87,6 +91,16 @@ def test_a_batch_of_several_kinds_round_trips_unchanged() -> None:
     assert [r.kind for r in decoded.results] == ["icmp", "dns", "http", "tcp"]
     assert decoded.results[0].samples[2] is None  # a lost packet stays a lost packet
     assert decoded.results[3].seq == 0  # not yet numbered by the spool
+
+
+def test_a_batch_decoded_as_sent_keeps_each_result_as_it_came() -> None:
+    batch = sample_batch()
+    body = encode_batch(batch).replace(b'"results":[{', b'"results":[ {', 1)  # as sent, spaces and all
+    decoded, sent = decode_batch_as_sent(body)
+    assert decoded == decode_batch(body) == batch
+    assert len(sent) == len(batch.results) >= 2
+    for raw, result in zip(sent, batch.results, strict=True):
+        assert bytes(raw) in body and msgspec.json.decode(raw, type=Result) == result
 
 
 def test_target_class_travels_as_class() -> None:
