@@ -13,6 +13,13 @@ from collections.abc import Sequence
 from typing import Final
 
 from aiohttp import web
+
+try:
+    # uvloop (libuv) where it is installed: the same asyncio API, with the loop, its transports and its
+    # timers in C; a push of 100 results costs the collector about a quarter less CPU (bench/ingest.py)
+    from uvloop import run as _run
+except ImportError:  # a platform without its wheel: the standard loop
+    from asyncio import run as _run  # type: ignore[assignment]
 from aiohttp.http_exceptions import HttpProcessingError
 
 from qiancheng.core import logs
@@ -152,6 +159,7 @@ async def serve(config: CollectorConfig, document: YamlDocument) -> int:
         if context is not None and tls is not None:
             loop.add_signal_handler(signal.SIGHUP, _reload_certificate, context, tls)
         log.info(kv("collector_started", version=__version__, listen=f"{host}:{port}", store=config.store.backend,
+                    event_loop=type(loop).__module__.partition(".")[0],
                     path=config.store.location, probes=len(config.probes),
                     tls="mutual" if tls is not None and tls.client_ca_file else "on" if tls is not None else "off",
                     metrics=(f"{config.metrics_listen.host}:{config.metrics_listen.port}"
@@ -189,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(config.log_level)
     logging.getLogger("aiohttp.server").addFilter(_bad_request_in_one_line)
     try:
-        return asyncio.run(serve(config, document))
+        return _run(serve(config, document))
     except ConfigError as error:
         print(f"qiancheng-collector: {error}", file=sys.stderr)
         return 2
