@@ -11,6 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Final
 
 from qiancheng.core.result import Result
@@ -144,6 +145,8 @@ class IngestTally:
 
 
 _SUCCESS: Final = ("success", "none")
+#: a result's place in time: start, then seq (two results of one start are told apart by their seq)
+_start_and_seq: Final = attrgetter("start_ns", "seq")
 
 
 def _by_series(results: Iterable[Result]) -> dict[tuple[str, str, str], list[Result]]:
@@ -217,27 +220,29 @@ class LiveState:
         A batch holds results of a few series or of many: each series is looked up once per batch, and
         the RTT samples of all its results go into its histogram together.
         """
-        info_keys, counted = self._info_key_set, self.counted_figures
+        info_keys = self._info_key_set
         counted_keys = self._counted_key_set
         for (name, target_class, kind), group in _by_series(results).items():
             series = self._series((probe, city, isp, name, target_class, kind), kind, now_ns)
-            tests, sums = series.tests, series.figure_sums
-            latest = series.latest
-            latest_order = (latest.start_ns, latest.seq) if latest is not None else (-1, -1)
-            for result in group:
-                # the latest by start time wins: a late result replayed from a spool must not hide a newer one
-                if (result.start_ns, result.seq) > latest_order:
-                    latest, latest_order = result, (result.start_ns, result.seq)
-                if info_keys and not info_keys.isdisjoint(result.info):
-                    self._offer_info(series, result)
-                outcome = _SUCCESS if result.success else ("failure", result.error or "error")
+            # the latest by start time wins: a late result replayed from a spool must not hide a newer one
+            newest = max(group, key=_start_and_seq)
+            if series.latest is None or _start_and_seq(newest) > _start_and_seq(series.latest):
+                series.latest = newest
+            tests = series.tests
+            failed = [result for result in group if not result.success]
+            if len(failed) < len(group):
+                tests[_SUCCESS] = tests.get(_SUCCESS, 0) + len(group) - len(failed)
+            for result in failed:
+                outcome = ("failure", result.error or "error")
                 tests[outcome] = tests.get(outcome, 0) + 1
-                figures = result.figures
-                if not counted_keys.isdisjoint(figures):
-                    for figure in counted:
-                        if figure in figures:
-                            sums[figure] = sums.get(figure, 0.0) + figures[figure]
-            series.latest = latest
+            sums = series.figure_sums
+            for figures in [result.figures for result in group if not counted_keys.isdisjoint(result.figures)]:
+                for figure in counted_keys.intersection(figures):
+                    sums[figure] = sums.get(figure, 0.0) + figures[figure]
+            if info_keys:
+                for result in group:
+                    if not info_keys.isdisjoint(result.info):
+                        self._offer_info(series, result)
             if series.rtt is not None:
                 # one result (a probe measuring many targets pushes a few of each) or many, samples joined
                 series.rtt.observe_many(group[0].samples if len(group) == 1 else

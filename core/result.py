@@ -86,19 +86,19 @@ class _Vocabulary:
     def __init__(self, pattern: str, limit: int) -> None:
         self.pattern = pattern
         self._search = re.compile(pattern).search  # search, as msgspec applies a pattern
-        self._known: set[str] = set()
+        self.known: set[str] = set()
         self._limit = limit
 
     def check(self, field: str, value: object) -> None:
-        if value in self._known:
+        if value in self.known:
             return
         if not isinstance(value, str) or self._search(value) is None:
             raise BadName(field, value, self.pattern)
-        if len(self._known) < self._limit:
-            self._known.add(value)
+        if len(self.known) < self._limit:
+            self.known.add(value)
 
     def check_keys(self, field: str, mapping: Mapping[str, object]) -> None:
-        if mapping.keys() <= self._known:
+        if mapping.keys() <= self.known:
             return
         for key in mapping:
             try:
@@ -121,6 +121,8 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     target_class: Word = msgspec.field(default="edge", name="class")
 
     def __post_init__(self) -> None:
+        if self.name in _names.known and self.target_class in _words.known:
+            return  # the usual case, answered without a call
         _names.check("name", self.name)
         _words.check("class", self.target_class)
 
@@ -188,6 +190,9 @@ class Result(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
     def __post_init__(self) -> None:
         # msgspec also calls this after decoding (wire, spool), turning BadName into a ValidationError at the
         # result's path; decode_batch then narrows that path to the field
+        if (self.kind in _words.known and self.error is None and self.figures.keys() <= _figure_names.known
+                and self.info.keys() <= _figure_names.known):  # fmt: skip
+            return  # the usual case, answered without a call
         _words.check("kind", self.kind)
         if self.error is not None:
             _words.check("error", self.error)
