@@ -7,15 +7,12 @@ input it did not consume waits in `unconsumed_tail`.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import AsyncIterable
 
+from qiancheng.core.deflate import DeflateError, gzip_inflater
 from qiancheng.core.errors import QianchengError
 
 __all__ = ["BodyTooLarge", "BadEncoding", "GzipInflater", "inflate_gzip", "read_bounded"]
-
-#: zlib window bits that accept exactly the gzip container (header, deflate data, CRC-32 and size trailer)
-_GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
 class BodyTooLarge(QianchengError, ValueError):
@@ -41,7 +38,7 @@ class GzipInflater:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._output = bytearray()
-        self._inflater = zlib.decompressobj(_GZIP_WBITS)
+        self._inflater = gzip_inflater()
         self._fed = False
 
     def feed(self, data: bytes) -> None:
@@ -50,13 +47,13 @@ class GzipInflater:
             while data:
                 self._fed = True
                 if self._inflater.eof:  # the previous member ended: `data` starts the next one
-                    self._inflater = zlib.decompressobj(_GZIP_WBITS)
+                    self._inflater = gzip_inflater()
                 room = self._limit + 1 - len(self._output)  # ≥ 1: we raise as soon as the limit is passed
                 self._output += self._inflater.decompress(data, room)
                 if len(self._output) > self._limit:
                     raise BodyTooLarge(self._limit, inflated=True)
                 data = self._inflater.unused_data if self._inflater.eof else self._inflater.unconsumed_tail
-        except zlib.error as error:
+        except DeflateError as error:
             raise BadEncoding(f"not valid gzip: {error}") from None
 
     def finish(self) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
-import gzip
 import logging
 import math
 import random
@@ -22,6 +21,7 @@ from typing import Final
 import msgspec
 
 from qiancheng.core.clock import wall_ns
+from qiancheng.core.deflate import compress_gzip
 from qiancheng.core.logs import kv
 from qiancheng.core.wire import PLAN_HEADER, RESULTS_PATH, Batch, decode_batch, encode_batch
 
@@ -41,9 +41,6 @@ MAX_ANSWER_BYTES: Final = 64 * 1024
 # Only the collector's own "never" (400/422) or "too big" (413) changes what is sent.
 _AUTH_STATUSES: Final = frozenset({401, 403})
 _REJECT_STATUSES: Final = frozenset({400, 422})
-# gzip level 6 (the zlib default) compresses result JSON about 8:1; higher levels cost much more CPU on
-# ARM city boxes for a few percent.
-_GZIP_LEVEL: Final = 6
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -375,7 +372,7 @@ class Uploader:
             stats.update(self._health())
         wire = Batch(probe_id=self._probe_id, batch_id=batch.batch_id, results=list(batch.results),
                      city=self._city, isp=self._isp, labels=self._labels, stats=stats)
-        return gzip.compress(encode_batch(wire), compresslevel=_GZIP_LEVEL)
+        return compress_gzip(encode_batch(wire))
 
     async def _post(self, body: bytes) -> _Answer:
         headers = self._headers
