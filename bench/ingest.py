@@ -24,7 +24,7 @@ clients' own CPU, on the cores the collector runs on, is mostly sending and read
 Each batch carries fresh seqs and fresh start times, as a probe's do: start times only ever move on,
 so each commit appends to the series index rather than writing among older entries.
 
-    .venv/bin/python bench/ingest.py [--seconds 8] [--clients 8]
+    .venv/bin/python bench/ingest.py [--seconds 8] [--clients 8] [--sizes 100,500,1000]
 """
 
 from __future__ import annotations
@@ -268,7 +268,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=8.0, help="push time per batch size (default 8)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                        help="batch sizes, comma-separated (default %(default)s; the target is judged on these)")
     args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="qiancheng-bench-") as tmp:
         workdir = Path(tmp)
@@ -276,7 +279,7 @@ def main() -> int:
         collector = start_collector(workdir, port)
         url = f"http://127.0.0.1:{port}/api/v1/results"
         counter = Counter()
-        phases = [Phase(size) for size in SIZES]
+        phases = [Phase(size) for size in sizes]
         try:
             print(f"collector pid {collector.pid} on 127.0.0.1:{port}, SQLite in {workdir} (WAL, synchronous=FULL), "
                   f"SLA judgement on, {args.clients} clients, {args.seconds:g} s per size, {os.cpu_count()} CPUs")  # fmt: skip

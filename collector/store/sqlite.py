@@ -365,19 +365,24 @@ class SqliteStore:
         ).fetchone()
         if seen is not None:
             return BatchOutcome(duplicate=True)
-        existing = self._stored_starts(db, batch.probe_id, [r.seq for r in batch.results])
-        new: list[Result] = []
+        results = batch.results
+        seqs = [r.seq for r in results]
+        existing = self._stored_starts(db, batch.probe_id, seqs)
+        # the usual batch: fresh seqs, none repeated, so every result is new and none needs a lookup
+        fresh = not existing and len(set(seqs)) == len(seqs)
+        new: list[Result] = list(results) if fresh else []
         rows: list[Any] = []  # the records' fields, row after row
         latest: dict[int, tuple[int, int]] = {}  # series → its latest (start_ns, seq) in this batch
         conflicts = 0
         probe, batch_id, city, isp, series_ids = batch.probe_id, batch.batch_id, batch.city, batch.isp, self._series_ids
-        for index, result in enumerate(batch.results):
-            stored_start = existing.get(result.seq)
-            if stored_start is not None:
-                conflicts += stored_start != result.start_ns
-                continue
-            existing[result.seq] = result.start_ns  # a seq repeated inside the batch is stored once
-            new.append(result)
+        for index, result in enumerate(results):
+            if not fresh:
+                stored_start = existing.get(result.seq)
+                if stored_start is not None:
+                    conflicts += stored_start != result.start_ns
+                    continue
+                existing[result.seq] = result.start_ns  # a seq repeated inside the batch is stored once
+                new.append(result)
             target = result.target
             labels = (probe, target.name, result.kind, city, isp, target.target_class)
             series = series_ids.get(labels) or self._series_id(db, labels, result.start_ns, result.seq)

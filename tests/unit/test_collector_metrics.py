@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 
@@ -10,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from qiancheng.collector.live import LABELS, LiveState
+from qiancheng.collector.live import LABELS, Histogram, LiveState
 from qiancheng.collector.metrics import (
     FIGURE_COUNTERS,
     FIGURE_GAUGES,
@@ -333,3 +334,22 @@ def test_restore_rebuilds_cdn_info_from_the_latest_stored_result() -> None:
     registry = registry_with(state)
     assert value(registry, "qiancheng_cdn_info", **labels(CDN_URL, "http"), cache_status="hit", edge="NRT57-C1") == 1
     assert value(registry, "qiancheng_cdn_cache_hit", **labels(CDN_URL, "http")) == 1
+
+
+def test_samples_bucketed_in_bulk_equal_samples_bucketed_one_by_one() -> None:
+    bounds = (0.001, 0.002, 0.005, 0.01)
+    rng = random.Random(7)
+    # lists of ten samples, one lost in each, some on a bound exactly (`le`: counted in that bucket)
+    lists = [[None, *(rng.choice([0.001, 0.002, rng.uniform(0, 0.02)]) for _ in range(9))] for _ in range(1000)]
+    bulk, one_by_one = Histogram.empty(bounds), Histogram.empty(bounds)
+    for at in range(0, len(lists), 7):
+        bulk.observe_lists(lists[at : at + 7])
+        assert len(bulk._pending) < Histogram.FOLD_AT, "bucketed once FOLD_AT values wait"
+    for values in lists:
+        for value in values:
+            if value is not None:
+                one_by_one.observe(value)
+    assert bulk._pending, "some values still wait: reading must bucket them"
+    assert bulk.counts == one_by_one.counts and bulk.count == one_by_one.count == 9000
+    assert bulk.total == pytest.approx(one_by_one.total, rel=1e-12) and not bulk._pending
+    assert bulk.cumulative()[-1] == 9000
