@@ -17,6 +17,7 @@ import msgspec
 from qiancheng.core.configfile import YamlDocument, format_path, load_struct
 from qiancheng.core.errors import ConfigError
 from qiancheng.core.responder_secret import read_secret
+from qiancheng.core.udpst.auth import KeyFileError, load_key_table
 from qiancheng.core.units import Duration, Size
 
 __all__ = [
@@ -43,6 +44,9 @@ class ResponderPorts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     echo: Port = 9312
     dns: Port = 9353  # UDP and TCP
     stamp: Port = 8620  # UDP, the STAMP reflector (RFC 8762's registered 862 needs root or CAP_NET_BIND_SERVICE)
+    # UDP, the RFC 9946 capacity server's control port (IANA's is 24601); each test gets a port of its own.
+    # Off unless asked for: it sends a line's full rate to whoever completes a setup
+    udpst: Port = 0
 
 
 class ResponderLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -57,6 +61,12 @@ class ResponderLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     transfer_stall_timeout: Duration = Duration(30.0)  # a transfer making no progress this long is cut
     max_echo_connections: Positive = 256
     echo_idle_timeout: Duration = Duration(30.0)
+    # RFC 9946 capacity tests: the bandwidth all tests of one direction may declare (Mbit/s; 0: no bound,
+    # and no declaration needed), beyond which a test is answered "capacity exceeded"; tests at once
+    # from one client address, and in all
+    udpst_max_bandwidth: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
+    udpst_tests_per_client: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+    udpst_max_tests: Annotated[int, msgspec.Meta(ge=1, le=256)] = 64
 
 
 class DnsZoneConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -84,6 +94,8 @@ class ResponderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     # With a secret (core/responder_secret.py): /download and /upload want its bearer credential, and the
     # STAMP reflector answers only authenticated-mode packets whose HMAC it verifies. Null: open to all.
     secret_file: str | None = None
+    # RFC 9946 keys (lines `<id>,<key>`, as OB-UDPST's udpst.keys): every capacity test must then be signed
+    udpst_key_file: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @property
@@ -118,7 +130,7 @@ def check_config(config: ResponderConfig, document: YamlDocument | None = None, 
         index, reason = bad
         raise fail(["listen"] if index is None or isinstance(config.listen, str) else ["listen", index], reason)
     used: dict[int, str] = {}
-    for name in ("http", "echo", "dns", "stamp"):
+    for name in ("http", "echo", "dns", "stamp", "udpst"):
         port = getattr(config.ports, name)
         if port and port in used:
             raise fail(["ports", name], f"port {port} is also the {used[port]} port")
@@ -135,6 +147,11 @@ def check_config(config: ResponderConfig, document: YamlDocument | None = None, 
             read_secret(config.secret_file)
         except ValueError as error:
             raise fail(["secret_file"], str(error)) from None
+    if config.udpst_key_file is not None:
+        try:
+            load_key_table(config.udpst_key_file)
+        except KeyFileError as error:
+            raise fail(["udpst_key_file"], str(error)) from None
     zone = config.dns
     if zone.tcp_idle_timeout <= 0:
         raise fail(["dns", "tcp_idle_timeout"], "must be longer than 0s")

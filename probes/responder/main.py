@@ -18,6 +18,7 @@ from qiancheng.core import __version__
 from qiancheng.core.errors import ConfigError
 from qiancheng.core.logs import kv, setup
 from qiancheng.core.responder_secret import SecretFile
+from qiancheng.core.udpst.auth import KeyFileError, load_key_table
 
 from .config import ResponderConfig, check_config, load_responder_config
 from .dnsserver import DnsTcpService, DnsUdpProtocol
@@ -26,6 +27,7 @@ from .echo import EchoService
 from .http import READ_BUFFER_BYTES, make_app
 from .sockets import bind, describe
 from .stamp import StampReflector
+from .udpst import UdpstLimits, UdpstServer
 
 __all__ = ["main", "serve", "apply_overrides"]
 
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--echo-port", metavar="N", type=_port, help="TCP echo port (0: off)")
     parser.add_argument("--dns-port", metavar="N", type=_port, help="DNS port, UDP and TCP (0: off)")
     parser.add_argument("--stamp-port", metavar="N", type=_port, help="STAMP reflector UDP port (0: off; 862 needs root)")
+    parser.add_argument("--udpst-port", metavar="N", type=_port, help="RFC 9946 capacity server's UDP control port (0: off)")
     parser.add_argument("--secret-file", metavar="FILE",
                         help="shared secret: transfers want its credential, STAMP runs authenticated (docs/security.md)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level")
@@ -73,7 +76,7 @@ def apply_overrides(config: ResponderConfig, args: argparse.Namespace) -> Respon
     ports = {
         name: value
         for name, value in (("http", args.http_port), ("echo", args.echo_port), ("dns", args.dns_port),
-                            ("stamp", args.stamp_port))
+                            ("stamp", args.stamp_port), ("udpst", args.udpst_port))
         if value is not None
     }
     changes: dict[str, object] = {}
@@ -97,9 +100,10 @@ class _Sockets:
     dns_udp: list[socket.socket] = field(default_factory=list)
     dns_tcp: list[socket.socket] = field(default_factory=list)
     stamp: list[socket.socket] = field(default_factory=list)
+    udpst: list[socket.socket] = field(default_factory=list)
 
     def all(self) -> list[socket.socket]:
-        return self.http + self.echo + self.dns_udp + self.dns_tcp + self.stamp
+        return self.http + self.echo + self.dns_udp + self.dns_tcp + self.stamp + self.udpst
 
 
 def _bind_all(config: ResponderConfig) -> _Sockets:
@@ -111,6 +115,7 @@ def _bind_all(config: ResponderConfig) -> _Sockets:
         (sockets.dns_udp, "dns/udp", config.ports.dns, socket.SOCK_DGRAM),
         (sockets.dns_tcp, "dns/tcp", config.ports.dns, socket.SOCK_STREAM),
         (sockets.stamp, "stamp", config.ports.stamp, socket.SOCK_DGRAM),
+        (sockets.udpst, "udpst", config.ports.udpst, socket.SOCK_DGRAM),
     ]
     try:
         for into, service, port, kind in plan:
@@ -146,6 +151,13 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
         for sock in sockets.all():
             sock.close()
         return 1
+    try:
+        udpst_keys = load_key_table(config.udpst_key_file) if config.udpst_key_file is not None else None
+    except KeyFileError as error:
+        log.error(kv("responder_udpst_keys_unusable", reason=str(error)))
+        for sock in sockets.all():
+            sock.close()
+        return 1
 
     runner: web.AppRunner | None = None
     if sockets.http:
@@ -170,13 +182,19 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
     reflectors = [StampReflector(sock, secret) for sock in sockets.stamp]
     for reflector in reflectors:
         reflector.start()
+    udpst_limits = UdpstLimits(max_bandwidth_mbps=limits.udpst_max_bandwidth, tests_per_client=limits.udpst_tests_per_client,
+                               max_tests=limits.udpst_max_tests)  # fmt: skip
+    capacity_servers = [UdpstServer(sock, udpst_limits, udpst_keys) for sock in sockets.udpst]
+    for capacity_server in capacity_servers:
+        capacity_server.start()
 
     def where(group: list[socket.socket]) -> str:
         return ",".join(describe(*s.getsockname()[:2]) for s in group) or "off"
 
     log.info(kv(
         "responder_started", version=__version__, http=where(sockets.http), echo=where(sockets.echo),
-        dns=where(sockets.dns_udp), stamp=where(sockets.stamp), secret="on" if secret is not None else "off",
+        dns=where(sockets.dns_udp), stamp=where(sockets.stamp), udpst=where(sockets.udpst),
+        udpst_keys="on" if udpst_keys is not None else "off", secret="on" if secret is not None else "off",
         dns_zone=config.dns.zone, max_download_bytes=int(limits.max_download_bytes),
         max_upload_bytes=int(limits.max_upload_bytes), max_concurrent_transfers=limits.max_concurrent_transfers,
         max_echo_connections=limits.max_echo_connections,
@@ -192,6 +210,8 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
         transport.close()
     for reflector in reflectors:
         reflector.close()
+    for capacity_server in capacity_servers:
+        capacity_server.close()
     if runner is not None:
         await runner.cleanup()  # stops accepting, then gives transfers the grace period
     log.info(kv(
@@ -199,6 +219,8 @@ async def serve(config: ResponderConfig, stop: asyncio.Event | None = None) -> i
         stamp_dropped_short=sum(r.dropped_short for r in reflectors),
         stamp_dropped_corrupt=sum(r.dropped_corrupt for r in reflectors),
         stamp_dropped_unauthenticated=sum(r.dropped_unauthenticated for r in reflectors),
+        udpst_tests=sum(server.completed for server in capacity_servers),
+        udpst_refused=sum(sum(n for answer, n in server.answers.items() if answer != 1) for server in capacity_servers),
     ))
     return 0
 

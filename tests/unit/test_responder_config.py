@@ -96,6 +96,9 @@ def test_bad_config_names_file_line_field(file: str, line: int, field: str, reas
         ("dns:\n  ttl: -5\n", 2, "dns.ttl", ">= 0"),
         ("dns:\n  txt: '" + "x" * 2000 + "'\n", 2, "dns.txt", "longer than 1024 bytes"),
         ("secret_file: /nonexistent/qiancheng-responder.secret\n", 1, "secret_file", "cannot read"),
+        ("udpst_key_file: /nonexistent/udpst.keys\n", 1, "udpst_key_file", "cannot read the key file"),
+        ("ports:\n  stamp: 8620\n  udpst: 8620\n", 3, "ports.udpst", "also the stamp port"),
+        ("limits:\n  udpst_max_bandwidth: 200000\n", 2, "limits.udpst_max_bandwidth", "<= 100000"),
         ("log_level: loud\n", 1, "log_level", "Invalid enum value 'loud'"),
         ("- just\n- a list\n", 1, "", "mapping"),
     ],
@@ -112,7 +115,7 @@ def test_bad_config_inline(tmp_path: Path, text: str, line: int, field: str, rea
 
 def _args(**given: object) -> argparse.Namespace:
     fields: dict[str, object] = {"listen": None, "http_port": None, "echo_port": None, "dns_port": None, "stamp_port": None,
-                               "log_level": None, "secret_file": None}
+                               "udpst_port": None, "log_level": None, "secret_file": None}
     return argparse.Namespace(**{**fields, **given})
 
 
@@ -124,6 +127,7 @@ def test_command_line_overrides_the_file() -> None:
     assert changed.ports == ResponderPorts(http=8000, echo=0, dns=8053)
     assert changed.log_level == "debug"
     assert apply_overrides(base, _args(secret_file="/run/responder.secret")).secret_file == "/run/responder.secret"
+    assert apply_overrides(base, _args(udpst_port=24601)).ports.udpst == 24601
 
 
 def test_main_refuses_a_bad_config_with_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
