@@ -113,7 +113,7 @@ def render_series(state: LiveState, now_ns: int) -> bytes:
         for row, template in rows:
             for one, values in carrying(row.kinds):
                 latest = one.latest
-                if latest is not None and (figure := latest.figures.get(row.figure)) is not None:
+                if latest is not None and (figure := row.shows(latest)) is not None:
                     write(template.format(*values) + _number(figure) + "\n")
     for family, rows in _COUNTER_FAMILIES.items():
         write(_header(family, "counter"))

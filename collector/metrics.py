@@ -21,6 +21,7 @@ from prometheus_client.samples import Sample
 
 from qiancheng.core.clock import wall_ns
 from qiancheng.core.kinds import kinds_with
+from qiancheng.core.result import Result
 
 from .live import LABELS, PROBE_LABELS, Histogram, LiveState, Series
 from .plan.freshness import PlanFreshness
@@ -60,12 +61,20 @@ _TRAIN_KINDS: Final = RTT_KINDS
 
 @dataclass(frozen=True, slots=True)
 class FigureMetric:
-    """A metric fed by one result figure, for the kinds given (None: any), with fixed extra labels."""
+    """A metric fed by one result figure, for the kinds given (None: any), with fixed extra labels, and
+    only when the result's info says `when` (key, value), if given."""
 
     metric: str
     figure: str
     kinds: frozenset[str] | None = None
     extra: tuple[tuple[str, str], ...] = ()
+    when: tuple[str, str] | None = None
+
+    def shows(self, result: Result) -> float | None:
+        """The figure this row shows of `result`, or None."""
+        if self.when is not None and result.info.get(self.when[0]) != self.when[1]:
+            return None
+        return result.figures.get(self.figure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +98,15 @@ def _both_directions(metric: str, figure: str) -> tuple[FigureMetric, FigureMetr
     )
 
 
+def _capacity(metric: str, figure: str, *extra: tuple[str, str]) -> tuple[FigureMetric, FigureMetric]:
+    """The download and upload rows of a capacity metric: one kind, the direction in its results' info."""
+    def row(direction: str) -> FigureMetric:
+        return FigureMetric(metric, figure, _CAPACITY_KINDS, (("direction", direction), *extra), ("direction", direction))
+
+    return row("download"), row("upload")
+
+
+_CAPACITY_KINDS: Final = frozenset(kinds_with("capacity"))
 _CDN_KINDS: Final = frozenset(kinds_with("cdn"))
 _PATH_KINDS: Final = frozenset(kinds_with("path"))
 _VOICE_KINDS: Final = frozenset(kinds_with("voice"))
@@ -139,6 +157,11 @@ FIGURE_GAUGES: Final = (
     FigureMetric("qiancheng_path_rtt_seconds", "rtt_median_seconds", _PATH_KINDS),
     FigureMetric("qiancheng_path_loss_ratio", "loss_ratio", _PATH_KINDS),
     FigureMetric("qiancheng_path_rate_limited_hops", "rate_limited_hops", _PATH_KINDS),
+    *_capacity("qiancheng_capacity_bits_per_second", "capacity_bits_per_second", ("layer", "ip")),
+    *_capacity("qiancheng_capacity_bits_per_second", "capacity_ethernet_bits_per_second", ("layer", "ethernet")),
+    *_capacity("qiancheng_capacity_loss_ratio", "loss_ratio"),
+    *_capacity("qiancheng_capacity_rtt_variation_seconds", "rtt_variation_max_seconds"),
+    *_capacity("qiancheng_capacity_delay_variation_seconds", "delay_variation_max_seconds"),
 )  # fmt: skip
 
 #: counters summing a figure over every result stored for the first time
@@ -221,6 +244,10 @@ HELP: Final = {
     "qiancheng_path_rtt_seconds": "Median round trip to the destination over the latest path trace, seconds.",
     "qiancheng_path_loss_ratio": "Share of the latest path trace's probes to the destination's TTL left unanswered: path loss, 0..1.",
     "qiancheng_path_rate_limited_hops": "Hops of the latest path trace whose missing replies do not persist beyond them (ICMP rate limiting, not loss).",
+    "qiancheng_capacity_bits_per_second": "Maximum capacity of the latest capacity test in that direction (RFC 9097, found by RFC 9946's rate search), bits per second at the layer named: ip counts each datagram with its UDP and IP headers, ethernet adds an Ethernet header.",
+    "qiancheng_capacity_loss_ratio": "Loss ratio of the latest capacity test's sub-interval of maximum capacity, in that direction.",
+    "qiancheng_capacity_rtt_variation_seconds": "Largest round trip above the minimum in the latest capacity test's sub-interval of maximum capacity, seconds.",
+    "qiancheng_capacity_delay_variation_seconds": "Largest one-way delay variation above the minimum in the latest capacity test's sub-interval of maximum capacity, seconds.",
     "qiancheng_path_changes_total": "Path traces whose hop list differed from the probe's previous trace of the target that reached it.",
     "qiancheng_path_info": "Constant 1, labelled with the fingerprint of the latest traced path.",
     "qiancheng_path_hop_rtt_seconds": "Median round trip to each hop (TTL, labelled hop, with its address) of the latest path trace, seconds.",
@@ -362,7 +389,7 @@ class LiveCollector(Collector):
                 if counter:
                     value = one.figure_sums.get(row.figure)
                 else:
-                    value = one.latest.figures.get(row.figure) if one.latest is not None else None
+                    value = row.shows(one.latest) if one.latest is not None else None
                 if value is not None:
                     family.add_metric(one.labels + extra, value)
         yield from families.values()

@@ -26,6 +26,7 @@ __all__ = [
     "DownloadSettings",
     "UploadSettings",
     "PathSettings",
+    "CapacitySettings",
     "settings_problem",
     "throughput_problem",
 ]
@@ -240,6 +241,8 @@ def settings_problem(settings: KindSettings) -> tuple[str, str] | None:
         return _stamp_problem(settings)
     if isinstance(settings, PathSettings):
         return _path_problem(settings)
+    if isinstance(settings, CapacitySettings):
+        return _capacity_problem(settings)
     return None
 
 
@@ -259,6 +262,66 @@ def _secret_problem(file: str | None) -> tuple[str, str] | None:
         read_secret(file)
     except ValueError as error:
         return "secret_file", str(error)
+    return None
+
+
+class CapacitySettings(KindSettings, frozen=True, kw_only=True):
+    """Maximum IP-layer capacity (RFC 9097) by the UDP Speed Test Protocol (RFC 9946), against a server's
+    control port (the responder's `ports.udpst`, or OB-UDPST's `udpst`).
+
+    `duration` is the test (whole seconds, 5-3600), cut into `sub_interval`s (0.1-10 s) whose highest
+    rate is the result; the server moves the rate after each `trial_interval` (5-250 ms) by `algorithm`
+    (B: TR-471's; C: multiply and retry) unless `fixed_rate` (Mbit/s) asks for one rate. `timeout`
+    bounds the control exchange. The load's sizes follow `jumbo` and `traditional_mtu`, which must match
+    the server's. `max_bandwidth` (Mbit/s) is what the test declares to the server's admission control.
+    With `key_file` (`<id>,<key>` lines) the test is signed with the key `key_id`.
+    """
+
+    interval: Duration = Duration(3600.0)
+    timeout: Duration = Duration(3.0)
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 24601
+    family: Literal["auto", "ipv4", "ipv6"] = "auto"
+    direction: Literal["download", "upload"] = "download"
+    duration: Duration = Duration(10.0)
+    sub_interval: Duration = Duration(1.0)
+    trial_interval: Duration = Duration(0.05)
+    algorithm: Literal["B", "C"] = "B"
+    fixed_rate: Annotated[int, msgspec.Meta(ge=1, le=72_000)] | None = None
+    connections: Annotated[int, msgspec.Meta(ge=1, le=24)] = 1
+    jumbo: bool = True
+    traditional_mtu: bool = False
+    low_threshold: Duration = Duration(0.030)
+    upper_threshold: Duration = Duration(0.090)
+    seq_error_threshold: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 10
+    max_bandwidth: Annotated[int, msgspec.Meta(ge=0, le=32767)] = 0
+    key_file: str | None = None
+    key_id: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
+
+    def max_duration(self) -> float:
+        # the control exchange, the test, the server's stop 0.5 s after it and our own 3.5 s later
+        return float(self.timeout) + float(self.duration) + 4.0
+
+
+def _capacity_problem(settings: CapacitySettings) -> tuple[str, str] | None:
+    """(field, why) when these capacity settings cannot be used, else None; checked where settings enter."""
+    duration, sub, trial = float(settings.duration), float(settings.sub_interval), float(settings.trial_interval)
+    if not 5 <= duration <= 3600 or duration != int(duration):
+        return "duration", f"must be whole seconds within 5..3600 (RFC 9946's range), got {duration:g}"
+    if not 0.1 <= sub <= 10 or sub > duration:
+        return "sub_interval", f"must be within 0.1..10 s and at most the duration, got {sub:g}"
+    if not 0.005 <= trial <= 0.25 or sub < 2 * trial:
+        return "trial_interval", f"must be within 5..250 ms and at most half the sub-interval, got {trial:g}"
+    if not 0.001 <= float(settings.low_threshold) <= float(settings.upper_threshold) <= 10:
+        return "low_threshold", "must be at least 1 ms and at most upper_threshold (at most 10 s)"
+    if settings.key_file is not None:
+        from .udpst.auth import KeyFileError, load_key_table  # only configs that name keys pay for reading them
+
+        try:
+            table = load_key_table(settings.key_file)
+        except KeyFileError as error:
+            return "key_file", str(error)
+        if table.get(settings.key_id) is None:
+            return "key_id", f"{settings.key_file} has no key {settings.key_id}"
     return None
 
 

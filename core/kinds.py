@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from .kind_settings import (
+    CapacitySettings,
     DnsSettings,
     DownloadSettings,
     HttpSettings,
@@ -37,8 +38,9 @@ __all__ = ["CATALOGUE", "EXCLUSIVE_KINDS", "KINDS", "FigureGroup", "Kind", "kind
 #: - cdn: the CDN cache status and age of the object fetched
 #: - path: a traced path (hop_count, destination_reached, path_changes, the destination's RTT and loss)
 #:   with its hops
+#: - capacity: the maximum IP-layer capacity (RFC 9097) and the loss and delay variation at it
 FigureGroup = Literal["round_trips", "dns", "http_phases", "throughput", "loaded_latency", "one_way", "voice", "cdn",
-                      "path"]
+                      "path", "capacity"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ CATALOGUE: Final = (
     Kind("upload", UploadSettings, exclusive=True, figures=("throughput", "loaded_latency")),
     Kind("stamp", StampSettings, figures=("round_trips", "one_way", "voice")),
     Kind("path", PathSettings, figures=("path",)),
+    Kind("capacity", CapacitySettings, exclusive=True, figures=("capacity",)),
 )
 
 _BY_NAME: Final = {kind.name: kind for kind in CATALOGUE}

@@ -170,7 +170,8 @@ class Result(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defau
 
     `figures` holds the numbers in base units under stable names (for example `rtt_median_seconds`,
     `loss_ratio`, `packets_sent`); `info` holds text facts (rcode, resolved address, HTTP version);
-    `samples` holds the per-packet round-trip times in seconds, None for a packet lost; `hops` the path
+    `samples` holds the per-packet round-trip times in seconds, None for a packet lost (for `capacity`,
+    the IP-layer rate of each sub-interval, bit/s); `hops` the path
     a `path` result traced, in flow and TTL order. `seq` is 0 until the spool numbers the result.
     """
 

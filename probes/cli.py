@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--expected-status", type=int, action="append", help="HTTP: accepted status (repeatable)")
     once.add_argument("--insecure", dest="verify_tls", action="store_false", default=None, help="HTTP: do not verify TLS certificates")
     once.add_argument("--streams", type=int, help="download/upload: parallel TCP streams (1-16)")
-    once.add_argument("--duration", dest="window", help="download/upload: measured window after the warm-up, e.g. 10s")
+    once.add_argument("--duration", dest="window",
+                      help="download/upload: measured window after the warm-up; capacity: the test, e.g. 10s")
     once.add_argument("--warmup", help="download/upload: longest warm-up before the window, e.g. 3s")
     once.add_argument("--secret-file", metavar="FILE",
                       help="download/upload/stamp: the responder's shared secret (STAMP then runs authenticated)")
@@ -68,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--flows", type=int, help="path: flows traced, to show equal-cost alternatives (1-8)")
     once.add_argument("--asn-file", metavar="FILE", help="path: prefix-to-AS table (lines `PREFIX ASN`)")
     once.add_argument("--reverse-dns", action="store_true", default=None, help="path: look up each hop's name")
+    once.add_argument("--direction", choices=("download", "upload"), help="capacity: which way the load goes")
+    once.add_argument("--algorithm", choices=("B", "C"), help="capacity: the server's rate search (default B)")
+    once.add_argument("--fixed-rate", type=int, metavar="MBITS", help="capacity: one rate, Mbit/s, instead of a search")
+    once.add_argument("--connections", type=int, help="capacity: UDP connections of the test (1-24)")
+    once.add_argument("--sub-interval", help="capacity: the rate's averaging interval, e.g. 1s")
+    once.add_argument("--key-file", metavar="FILE", help="capacity: RFC 9946 keys (`<id>,<key>` lines); signs the test")
+    once.add_argument("--key-id", type=int, help="capacity: the key of --key-file to sign with (default 0)")
     return parser
 
 

@@ -36,12 +36,15 @@ __all__ = ["run_once"]
 _SETTING_FLAGS = ("count", "packet_interval", "timeout", "size", "port", "family", "resolver",
                  "query_name", "query_type", "protocol", "url", "expected_status", "verify_tls",
                  "streams", "window", "warmup", "max_bytes", "secret_file", "rounds", "round_interval",
-                 "max_ttl", "first_ttl", "flows", "asn_file", "reverse_dns")  # fmt: skip
+                 "max_ttl", "first_ttl", "flows", "asn_file", "reverse_dns", "direction", "algorithm", "fixed_rate",
+                 "connections", "sub_interval", "key_file", "key_id")  # fmt: skip
 
 
 def _once_settings(kind: str, args: argparse.Namespace) -> KindSettings:
     settings_type = kind_named(kind).settings
     given: dict[str, Any] = {name: getattr(args, name) for name in _SETTING_FLAGS if getattr(args, name) is not None}
+    if "window" in given and "duration" in settings_type.__struct_fields__:
+        given["duration"] = given.pop("window")  # --duration: a capacity test's whole length
     accepted = {name: value for name, value in given.items() if name in settings_type.__struct_fields__}
     if ignored := sorted(set(given) - set(accepted)):
         raise ValueError(f"--{ignored[0].replace('_', '-')} does not apply to kind {kind}")

@@ -115,6 +115,22 @@ def _path(result: Result) -> list[str]:
     return parts
 
 
+def _capacity(result: Result) -> list[str]:
+    f = result.figures
+    if "capacity_bits_per_second" not in f:
+        return []
+    direction = result.info.get("direction", "")
+    parts = [
+        f"{direction} capacity {_mbit(f['capacity_bits_per_second'])} Mbit/s IP layer "
+        f"({_mbit(f['capacity_ethernet_bits_per_second'])} Ethernet) in sub-interval {int(f['capacity_sub_interval'])} "
+        f"of {int(f['sub_intervals'])}",
+        f"loss {f.get('loss_ratio', 0.0) * 100:.2f}%",
+    ]
+    if "rtt_variation_max_seconds" in f:
+        parts.append(f"rtt +{_ms(f['rtt_variation_min_seconds'])}..+{_ms(f['rtt_variation_max_seconds'])} ms")
+    return parts
+
+
 _GROUP_TEXT: Final[dict[FigureGroup, Callable[[Result], list[str]]]] = {
     "round_trips": _round_trips,
     "dns": _dns,
@@ -125,6 +141,7 @@ _GROUP_TEXT: Final[dict[FigureGroup, Callable[[Result], list[str]]]] = {
     "voice": _voice,
     "cdn": _cdn,
     "path": _path,
+    "capacity": _capacity,
 }
 
 

@@ -7,7 +7,9 @@ capacity figure; the shaped links of tests/netlab check the figures against thei
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -187,3 +189,35 @@ async def test_the_responder_process_serves_rfc_9946_on_every_listen_address(tmp
         assert "udpst_keys=on" in started and f"{port}" in started.split("responder_started", 1)[1].split("\n", 1)[0]
     finally:
         processes.stop_all()
+
+
+async def _run(*command: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_once_kind_capacity_reports_rfc_9097s_figures_and_refuses_bad_settings(tmp_path: Path) -> None:
+    processes = Processes(tmp_path)
+    port = free_port(socket.SOCK_DGRAM)
+    processes.start(script("qiancheng-responder"), "--http-port", "0", "--echo-port", "0", "--dns-port", "0",
+                    "--stamp-port", "0", "--udpst-port", str(port), name="responder")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while await _setup_answer("127.0.0.1", port) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        code, out, err = await _run(script("qiancheng-probe"), "once", "--kind", "capacity", "--direction", "upload",
+                                    "--fixed-rate", "40", "--duration", "5s", "--json", f"127.0.0.1:{port}")  # fmt: skip
+        assert code == 0, err
+        result = json.loads(out)
+        figures, info = result["figures"], result["info"]
+        assert result["kind"] == "capacity" and result["success"]
+        assert figures["capacity_bits_per_second"] == pytest.approx(40e6, rel=0.03)
+        assert figures["capacity_ethernet_bits_per_second"] == pytest.approx(40e6 * 1264 / 1250, rel=0.03)
+        assert figures["sub_intervals"] == 5 and figures["loss_ratio"] == 0 and len(result["samples"]) == 5
+        assert info == {"address": "127.0.0.1", "port": str(port), "direction": "upload", "layer": "ip",
+                        "algorithm": "fixed", "protocol_version": "20", "authenticated": "no", "stopped_by": "server"}
+    finally:
+        processes.stop_all()
+    code, _, err = await _run(script("qiancheng-probe"), "once", "--kind", "capacity", "--duration", "2s", "127.0.0.1")
+    assert code == 2 and "--duration must be whole seconds within 5..3600" in err

@@ -51,6 +51,13 @@ def _results(rng: random.Random) -> list[Result]:
                           figures={"hop_count": 7, "destination_reached": 1, "path_changes": 1, "loss_ratio": 0.0,
                                    "rtt_median_seconds": 0.0123},
                           hops=[Hop(ttl=1, sent=10, received=10, loss_ratio=0.0, address="198.18.0.1")]))  # fmt: skip
+    edge = Target(name="edge-capacity", address="198.18.0.7", target_class="edge")
+    for seq, direction in ((205, "download"), (206, "upload")):  # one series: /metrics shows the latest's direction
+        results.append(Result(kind="capacity", target=edge, start_ns=T0 + seq, duration_seconds=10.6, success=True,
+                              seq=seq, info={"direction": direction, "layer": "ip"},
+                              figures={"capacity_bits_per_second": 972_305_114.5, "loss_ratio": 0.0004,
+                                       "capacity_ethernet_bits_per_second": 982_894_310.0,
+                                       "rtt_variation_max_seconds": 0.003}, samples=[9.5e8, 9.72e8]))  # fmt: skip
     return results
 
 

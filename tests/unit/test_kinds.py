@@ -23,12 +23,13 @@ def test_every_kind_has_a_module_with_measure_and_its_settings(kind: Kind) -> No
 
 
 def test_derived_lists_follow_the_catalogue() -> None:
-    assert KINDS == ("icmp", "tcp", "dns", "http", "download", "upload", "stamp", "path")
-    assert EXCLUSIVE_KINDS == {"download", "upload"}
+    assert KINDS == ("icmp", "tcp", "dns", "http", "download", "upload", "stamp", "path", "capacity")
+    assert EXCLUSIVE_KINDS == {"download", "upload", "capacity"}
     assert kinds_with("round_trips") == ("icmp", "tcp", "stamp")
     assert kinds_with("voice") == ("icmp", "stamp")
     assert kinds_with("cdn") == ("http", "download")
     assert kinds_with("path") == ("path",)
+    assert kinds_with("capacity") == ("capacity",)
     with pytest.raises(KeyError):
         kind_named("warp")
 
@@ -54,4 +55,10 @@ def test_a_kind_renders_only_its_own_groups() -> None:
             "rate_limited_hops": 2, "path_changes": 1, "mos": 4.2}  # fmt: skip
     assert figures_text(_result("path", path, {"fingerprint": "00aa", "previous_fingerprint": "11bb"})) == (
         "6 hops, destination reached  rtt med 12.30 ms, loss 0.0%  2 rate-limited hops  path changed (was 11bb)  path 00aa"
+    )
+    capacity = {"capacity_bits_per_second": 972.3e6, "capacity_ethernet_bits_per_second": 982.9e6,
+                "capacity_sub_interval": 7, "sub_intervals": 10, "loss_ratio": 0.0004,
+                "rtt_variation_min_seconds": 0.0, "rtt_variation_max_seconds": 0.003}  # fmt: skip
+    assert figures_text(_result("capacity", capacity, {"direction": "upload"})) == (
+        "upload capacity 972.3 Mbit/s IP layer (982.9 Ethernet) in sub-interval 7 of 10  loss 0.04%  rtt +0.000..+3.000 ms"
     )
