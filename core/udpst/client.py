@@ -24,7 +24,7 @@ from qiancheng.core.errors import MeasurementError
 
 from . import PROTOCOL_VERSION
 from .auth import TIME_WINDOW_SECONDS, derive_keys, sign, verify
-from .load import LoadSender, enable_gro, read_datagrams
+from .load import LoadSender, enable_gro, read_datagrams, size_buffers
 from .pdu import (
     ACTIVATE_DOWNSTREAM,
     ACTIVATE_UPSTREAM,
@@ -107,6 +107,7 @@ class _Connection:
         self.group = group
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
+        size_buffers(self.sock)
         self.keys: tuple[bytes, bytes] | None = None
         self.activation: Activation | None = None
         self.receiver: LoadReceiver | None = None

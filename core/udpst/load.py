@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import random
 import socket
@@ -25,10 +26,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Final
 
+from qiancheng.core.logs import kv
+
 from .pdu import LOAD_HEADER, LOAD_ID, RANDOM_SIZE, TEST, SendingRate
 from .rates import MIN_PAYLOAD
 
-__all__ = ["LoadSender", "enable_gro", "read_datagrams", "UDP_SEGMENT", "UDP_GRO"]
+log = logging.getLogger("qiancheng.udpst.load")
+
+__all__ = ["LoadSender", "enable_gro", "read_datagrams", "size_buffers", "UDP_SEGMENT", "UDP_GRO", "SOCKET_BUFFER_BYTES"]
 
 SOL_UDP: Final = 17
 UDP_SEGMENT: Final = 103  # <linux/udp.h>: the segment size of a send (GSO)
@@ -40,6 +45,11 @@ _IPV6_SMALLER: Final = 20  # IPv6 payloads are 20 bytes smaller, so that packets
 _MAX_DEBT_NS: Final = 10_000_000  # bursts owed after an overshooting sleep, at most this much of them
 _PR_SET_TIMERSLACK: Final = 29
 _RECEIVE_BYTES: Final = 65_535
+#: the socket buffers a test connection asks for (as OB-UDPST does): 8 ms of 1 Gbit/s, so that a receiving
+#: event loop busy for a few ms (a status to send, a collection) loses nothing to its own socket
+SOCKET_BUFFER_BYTES: Final = 1_024_000
+_SO_SNDBUFFORCE: Final = 32  # <asm-generic/socket.h>: past net.core.wmem_max, with CAP_NET_ADMIN
+_SO_RCVBUFFORCE: Final = 33
 _GRO_CMSG_SPACE: Final = socket.CMSG_SPACE(4)
 
 
@@ -70,6 +80,7 @@ class LoadSender:
         self._wall_ns = wall_ns
         self._rng = rng or random.Random()
         self._gso = _gso_works(sock)
+        self._gso_limit = _GSO_BYTES  # the largest datagram GSO has taken on this path
         # what follows each header: zeros, or random bytes (against links that compress)
         self._padding = os.urandom(_GSO_BYTES) if random_payload else bytes(_GSO_BYTES)
         self._buffer = bytearray(self._padding)
@@ -138,8 +149,10 @@ class LoadSender:
                     self._stopping.wait(delay / 1e9)  # long waits wake at once on stop()
                 elif delay > 0:
                     time.sleep(delay / 1e9)
-        except OSError as error:  # the socket went away under us (the test is being torn down)
+        except OSError as error:  # the socket went away under us, or the path refuses these datagrams
             self.error = error
+            if not self._stopping.is_set():
+                log.warning(kv("udpst_load_stopped", error=error, seq=self.seq, row=self.row))
 
     def _size(self, size: int) -> int:
         if size & RANDOM_SIZE:
@@ -154,7 +167,7 @@ class LoadSender:
         sent_s, sent_ns = divmod(wall, 1_000_000_000)
         status_s, status_ns = self._status_time
         response_delay = min((time.monotonic_ns() - self._status_arrived_ns + 500_000) // 1_000_000, 0xFFFF)
-        per_send = min(_GSO_SEGMENTS, _GSO_BYTES // size) if self._gso else 1
+        per_send = min(_GSO_SEGMENTS, _GSO_BYTES // size) if self._gso and size <= self._gso_limit else 1
         if size != self._laid_out:  # headers of another size would lie in this size's padding
             self._buffer[:] = self._padding
             self._laid_out = size
@@ -170,6 +183,12 @@ class LoadSender:
                 else:
                     self._sock.send(self._view[:size])
             except OSError as error:
+                if n > 1 and error.errno in (errno.EMSGSIZE, errno.EINVAL):
+                    # datagrams larger than the path's MTU (jumbo rows on a 1500-byte line): GSO cannot cut
+                    # them, so from now on they go one by one and the kernel fragments each
+                    self._gso_limit = min(self._gso_limit, size - 1)
+                    per_send = 1
+                    continue
                 if error.errno not in (errno.EAGAIN, errno.ENOBUFS):
                     raise
                 self.refused_bursts += 1
@@ -178,6 +197,19 @@ class LoadSender:
             self.datagrams += n
             self.payload_bytes += n * size
             count -= n
+
+
+def size_buffers(sock: socket.socket, size: int = SOCKET_BUFFER_BYTES) -> None:
+    """Ask for `size`-byte send and receive buffers: past the system's maximum where we may (CAP_NET_ADMIN),
+    else up to it (net.core.rmem_max and wmem_max, 208 KiB by default: raise them on a probe for 1 Gbit/s)."""
+    for force, plain in ((_SO_SNDBUFFORCE, socket.SO_SNDBUF), (_SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+            except OSError:
+                pass
 
 
 def enable_gro(sock: socket.socket) -> bool:

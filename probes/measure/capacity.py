@@ -99,6 +99,9 @@ async def measure(target: Target, settings: CapacitySettings) -> Outcome:
         "sub_interval_seconds": float(settings.sub_interval),
         "connections": float(len(results)),
         "loss_ratio": capacity.loss_ratio,
+        # over the whole test: the maximum is, by its nature, a sub-interval that lost little
+        "test_loss_ratio": _ratio(sum(r.loss for r in capacity.sub_intervals),
+                                  sum(r.datagrams + r.loss for r in capacity.sub_intervals)),
         "reordered_ratio": top.reordered / sent if sent else 0.0,
         "duplicate_ratio": top.duplicates / sent if sent else 0.0,
         "datagrams": float(top.datagrams),
@@ -111,6 +114,10 @@ async def measure(target: Target, settings: CapacitySettings) -> Outcome:
         if value is not None:
             figures[name] = value
     return Outcome(figures=figures, info=info, samples=[r.ip_bits_per_second for r in capacity.sub_intervals])
+
+
+def _ratio(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
 
 
 def _lowest(values: Iterable[int | None]) -> int | None:

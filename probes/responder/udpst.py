@@ -36,7 +36,7 @@ from typing import Final
 from qiancheng.core.logs import kv
 from qiancheng.core.udpst import OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION
 from qiancheng.core.udpst.auth import TIME_WINDOW_SECONDS, KeyTable, derive_keys, legacy_digest, sign, verify
-from qiancheng.core.udpst.load import LoadSender, enable_gro, read_datagrams
+from qiancheng.core.udpst.load import LoadSender, enable_gro, read_datagrams, size_buffers
 from qiancheng.core.udpst.pdu import (
     ACTIVATION_ID,
     ACTIVATION_INDEX_IS_START,
@@ -262,6 +262,7 @@ class UdpstServer:
         try:
             sock.bind((host, 0))
             sock.setblocking(False)
+            size_buffers(sock)
             enable_gro(sock)
         except OSError:
             sock.close()
