@@ -63,6 +63,8 @@ bench: $(BASE_ENV)
 	$(PY) bench/icmp_scale.py
 	$(PY) bench/http.py
 	$(PY) bench/small_box.py
+	$(PY) bench/capacity.py
+	$(PY) bench/udpst_load.py
 
 # a collector, a responder, probes in two cities and Prometheus on loopback for 90 s, then one PNG per dashboard
 dashboards-preview: $(BASE_ENV)

@@ -91,9 +91,11 @@ def _check(result: dict[str, object], rate_bit: int) -> None:
     fragments = max(1, math.ceil((size - IP_HEADER) / (MTU - IP_HEADER)))
     frame_bytes = size + ETHERNET_HEADER + (fragments - 1) * (IP_HEADER + ETHERNET_HEADER)
     truth = rate_bit * size / frame_bytes
+    samples = result["samples"]
+    assert isinstance(samples, list)
     assert abs(ip / truth - 1) <= TOLERANCE, (
         f"ip {ip / MBIT:.1f} Mbit/s, truth {truth / MBIT:.1f} for {size:.0f}-byte packets ({fragments} fragment(s)) "
-        f"on a {rate_bit / MBIT:g} Mbit/s link; sub-intervals {[round(x / MBIT, 1) for x in result['samples']]}"  # type: ignore[union-attr]
+        f"on a {rate_bit / MBIT:g} Mbit/s link; sub-intervals {[round(x / MBIT, 1) for x in samples]}"
     )
 
 
