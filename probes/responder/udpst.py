@@ -144,9 +144,11 @@ class UdpstServer:
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_control)
 
     def close(self) -> None:
+        """End every test, stop answering and close the control socket."""
         asyncio.get_running_loop().remove_reader(self._sock.fileno())
         for test in list(self._tests):
             self._end(test, "server stopping")
+        self._sock.close()
 
     # -- control port -----------------------------------------------------------------------------------
 
@@ -277,7 +279,10 @@ class UdpstServer:
     @staticmethod
     def _send(sock: socket.socket, data: bytes, to: tuple[str, int] | None = None) -> None:
         try:
-            sock.sendto(data, to) if to is not None else sock.send(data)
+            if to is None:
+                sock.send(data)
+            else:
+                sock.sendto(data, to)
         except OSError as error:  # an unreachable client: the watchdog ends its test
             log.debug(kv("udpst_send_failed", error=error))
 

@@ -51,7 +51,6 @@ async def served() -> AsyncIterator[Served]:
         yield running
     finally:
         running.server.close()
-        running.server._sock.close()
 
 
 @pytest.mark.parametrize("upstream", [False, True], ids=["downstream", "upstream"])
@@ -96,7 +95,6 @@ async def test_signed_tests_need_the_servers_key() -> None:
         assert running.server.answers[SetupAnswer.AUTH_REQUIRED] == 1
     finally:
         running.server.close()
-        running.server._sock.close()
 
 
 async def test_declared_bandwidth_past_the_servers_is_capacity_exceeded() -> None:
@@ -115,7 +113,6 @@ async def test_declared_bandwidth_past_the_servers_is_capacity_exceeded() -> Non
         assert len(upstream[0].sub_intervals) == 5 and len((await first)[0].sub_intervals) == 5
     finally:
         running.server.close()
-        running.server._sock.close()
 
 
 async def test_a_mismatched_setting_is_refused_and_an_unactivated_port_is_reaped(served: Served) -> None:
