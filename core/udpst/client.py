@@ -92,9 +92,7 @@ class ConnectionResult:
     index: int
     activation: Activation
     sub_intervals: list[SubIntervalStats] = field(default_factory=list)
-    clock_delta_min_ms: int | None = None  # downstream: ours; upstream: the server's last report
-    rtt_min_ms: int | None = None
-    datagrams_sent: int = 0
+    rtt_min_ms: int | None = None  # downstream: ours; upstream: the server's last report
     stopped_by: str = ""  # "server", "watchdog" or "duration"
 
 
@@ -113,7 +111,6 @@ class _Connection:
         self.receiver: LoadReceiver | None = None
         self.sender: LoadSender | None = None
         self.sub_intervals: list[SubIntervalStats] = []
-        self.server_clock_delta_ms: int | None = None
         self.server_rtt_min_ms: int | None = None
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.stopping = False
@@ -300,7 +297,6 @@ class _Connection:
             self.sender.status_received(status.sent_s, status.sent_ns)
             if status.sub_interval_seq > len(self.sub_intervals) and status.sub_interval.delta_us:
                 self.sub_intervals.append(status.sub_interval)
-            self.server_clock_delta_ms = status.clock_delta_min_ms
             self.server_rtt_min_ms = None if status.rtt_min_ms == 0xFFFF_FFFF else status.rtt_min_ms
             if status.test_action != TEST:
                 self._finish("server")
@@ -314,12 +310,9 @@ class _Connection:
         assert self.activation is not None
         if self.receiver is not None:
             subs = self.receiver.closed[: self.activation.duration_s * 1000 // self.activation.sub_interval_ms]
-            return ConnectionResult(self.index, self.activation, list(subs), self.receiver.min_one_way_delta_ms,
-                                    self.receiver.rtt_min_ms, 0, stopped_by)  # fmt: skip
-        sent = self.sender.datagrams if self.sender is not None else 0
+            return ConnectionResult(self.index, self.activation, list(subs), self.receiver.rtt_min_ms, stopped_by)
         subs = self.sub_intervals[: self.activation.duration_s * 1000 // self.activation.sub_interval_ms]
-        return ConnectionResult(self.index, self.activation, list(subs), self.server_clock_delta_ms,
-                                self.server_rtt_min_ms, sent, stopped_by)  # fmt: skip
+        return ConnectionResult(self.index, self.activation, list(subs), self.server_rtt_min_ms, stopped_by)
 
     def close(self) -> None:
         if self.sender is not None:

@@ -87,11 +87,6 @@ class LoadReceiver:
         return self._highest_seq > 0 or bool(self._trial.datagrams)
 
     @property
-    def min_one_way_delta_ms(self) -> int | None:
-        """The smallest (arrival − send time) so far, in ms: the one-way delay plus the clocks' offset."""
-        return self._clock_delta_min
-
-    @property
     def rtt_min_ms(self) -> int | None:
         return None if self._rtt_min == NO_VALUE else self._rtt_min
 

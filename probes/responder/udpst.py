@@ -77,7 +77,6 @@ WATCHDOG_SECONDS: Final = 3.0
 STOP_GRACE_SECONDS: Final = 0.5
 MAX_CONNECTIONS_PER_TEST: Final = 24
 MAX_DURATION_SECONDS: Final = 3600
-_SETUP_SIZE: Final = Setup.SIZE
 _READS_PER_WAKEUP: Final = 64
 
 
@@ -113,10 +112,6 @@ class _Test:
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     buffer: bytearray = field(default_factory=lambda: bytearray(65_535))
 
-    @property
-    def bandwidth(self) -> tuple[bool, int]:
-        return self.setup.upstream, self.setup.max_bandwidth_mbps
-
 
 class UdpstServer:
     """RFC 9946 server on one bound control socket."""
@@ -133,11 +128,6 @@ class UdpstServer:
         self.completed = 0
         self.timed_out = 0
         self.dropped = 0  # datagrams that were no valid PDU for where they came
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._sock.getsockname()[:2]
-        return host, port
 
     def start(self) -> None:
         self._sock.setblocking(False)
